@@ -1,0 +1,737 @@
+//! One job end to end: validation (the frontend is not trusted), admission (a concurrency
+//! limit and a bounded queue), limits clamped to the ceilings, the workspace prepared, the
+//! sandbox applied, output streamed back with a cap, a wall-clock timeout that kills the
+//! whole process group, one structured log record, cleanup.
+//!
+//! Python jobs: the code is saved in the workspace as `filename` (as the seed application
+//! did, so the file is there afterwards), but the interpreter runs the job's own copy,
+//! passed on descriptor 3 — two concurrent jobs that both write `run.py` each run their own
+//! code. A short bootstrap compiles it under the workspace file's name, so tracebacks,
+//! `__file__`, `sys.argv[0]` and `sys.path[0]` look as they would for `python3 run.py`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nox_protocol::{
+    ErrorKind, ExecutorStatus, ExitStatus, JobOutcome, JobSpec, JobStarted, LimitHit, Limits,
+    OutputChunk, Program, RelPath, Reply, ResourceUsage, Stream, WireError,
+};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ExecutorConfig;
+use crate::sandbox::reaper::ExitReport;
+use crate::sandbox::spawn::JobCommand;
+use crate::sandbox::{JobIdentity, Sandbox, SandboxError, error_chain};
+use crate::workspace::{WorkspaceError, Workspaces};
+
+/// Runs `-c` before the job's code; see the module docs. Argument 1 is the path shown as
+/// the script's, argument 2 the name the client gave; the source is on descriptor 3.
+const PYTHON_BOOTSTRAP: &str = r#"def _nox_main():
+    import linecache, os, sys
+    path, name = sys.argv[1], sys.argv[2]
+    with open(3, "rb") as f:
+        source = f.read()
+    lines = source.decode("utf-8", "replace").splitlines(True)
+    linecache.cache[path] = (len(source), None, lines, path)
+    code = compile(source, path, "exec", dont_inherit=True)
+    sys.argv[:] = [name]
+    sys.path.insert(0, os.path.dirname(path))
+    import __main__
+    g = __main__.__dict__
+    del g["_nox_main"]
+    g["__file__"] = path
+    g["__cached__"] = None
+    try:
+        exec(code, g)
+    except SystemExit:
+        raise
+    except BaseException as e:
+        e = e.with_traceback(e.__traceback__.tb_next)
+        sys.excepthook(type(e), e, e.__traceback__)
+        sys.exit(1)
+_nox_main()
+"#;
+
+/// How long pipes are drained after the job's main process ended (its group is killed
+/// by then, so EOF normally comes at once).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Why a job could not run. User code failing is not here: that is an outcome.
+#[derive(Debug, Error)]
+pub enum JobError {
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    #[error("job input is larger than {} bytes", nox_protocol::MAX_JOB_INPUT_LEN)]
+    TooLarge,
+    #[error("the job queue is full ({0} waiting); try again later")]
+    Busy(u32),
+    #[error("a required sandbox layer is not active: {0}")]
+    SandboxUnavailable(String),
+    #[error("workspace operation failed")]
+    Workspace(#[from] WorkspaceError),
+    #[error("could not start the job")]
+    Sandbox(#[from] SandboxError),
+    #[error("could not prepare the job's scratch directory {path}")]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("an internal task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl JobError {
+    /// The one place job errors become wire errors.
+    pub fn to_wire(&self) -> WireError {
+        let kind = match self {
+            JobError::Invalid(_) => ErrorKind::BadRequest,
+            JobError::TooLarge => ErrorKind::TooLarge,
+            JobError::Busy(_) => ErrorKind::Busy,
+            JobError::SandboxUnavailable(_) => ErrorKind::SandboxUnavailable,
+            JobError::Workspace(error) => error.kind(),
+            JobError::Sandbox(SandboxError::ChildSetup { .. }) => ErrorKind::SandboxUnavailable,
+            JobError::Sandbox(_) | JobError::Scratch { .. } | JobError::Task(_) => {
+                ErrorKind::Internal
+            }
+        };
+        WireError::from_error(kind, self)
+    }
+}
+
+/// Runs jobs; shared by every connection.
+#[derive(Debug)]
+pub struct JobRunner {
+    config: ExecutorConfig,
+    sandbox: Arc<Sandbox>,
+    workspaces: Arc<Workspaces>,
+    owner: Option<(u32, u32)>,
+    ceilings: Limits,
+    scratch_root: PathBuf,
+    slots: Arc<Semaphore>,
+    max_concurrent: u32,
+    queued: AtomicU32,
+    running: AtomicU32,
+    started_at: Instant,
+    /// Why jobs are refused, when a required layer is missing.
+    refusal: Option<String>,
+}
+
+impl JobRunner {
+    /// Probe the sandbox layers, compile the seccomp filter, start the reaper. Blocking
+    /// (it runs one probe job); call it outside the async runtime or in `spawn_blocking`.
+    pub fn new(
+        config: &ExecutorConfig,
+        identity: JobIdentity,
+        workspaces: Arc<Workspaces>,
+    ) -> Result<JobRunner, SandboxError> {
+        let owner = identity.owner();
+        let scratch_root = config.state_dir.join("jobs");
+        identity.check_reachable(&config.workspace_root.join("x"))?;
+        identity.check_reachable(&scratch_root.join("x"))?;
+        prepare_scratch_root(&scratch_root).map_err(|source| SandboxError::OpenDirectory {
+            path: scratch_root.clone(),
+            source,
+        })?;
+        let sandbox = Sandbox::new(config, identity, &scratch_root)?;
+        let missing = sandbox.missing_required();
+        let refusal = (!missing.is_empty()).then(|| {
+            missing
+                .iter()
+                .map(|status| format!("{} ({})", status.layer.name(), status.detail))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        match &refusal {
+            Some(reason) => {
+                tracing::error!(
+                    missing = %reason,
+                    "required sandbox layers are not active: every job will be refused"
+                );
+            }
+            None => tracing::info!(layers = %describe_layers(&sandbox), "sandbox ready"),
+        }
+        let max_concurrent = config.concurrency();
+        Ok(JobRunner {
+            config: config.clone(),
+            sandbox: Arc::new(sandbox),
+            workspaces,
+            owner,
+            ceilings: config.limits.ceilings(),
+            scratch_root,
+            slots: Arc::new(Semaphore::new(max_concurrent as usize)),
+            max_concurrent,
+            queued: AtomicU32::new(0),
+            running: AtomicU32::new(0),
+            started_at: Instant::now(),
+            refusal,
+        })
+    }
+
+    /// Health, limits and layers, for `Request::Status`.
+    pub fn status(&self) -> ExecutorStatus {
+        ExecutorStatus {
+            software: format!("nox-executor {}", env!("CARGO_PKG_VERSION")),
+            uptime_ms: millis(self.started_at.elapsed()),
+            ready: self.refusal.is_none(),
+            layers: self.sandbox.layers(),
+            jobs_running: self.running.load(Ordering::Relaxed),
+            jobs_queued: self.queued.load(Ordering::Relaxed),
+            max_concurrent_jobs: self.max_concurrent,
+            max_queued_jobs: self.config.max_queued_jobs,
+            ceilings: self.ceilings,
+        }
+    }
+
+    /// Run `spec`. Sends `Started`, then `Output`*, then `Finished` — or a single `Error`
+    /// (queue full, bad request, a required layer missing) — through `replies`. When
+    /// `cancel` fires (the client went away) the job is killed and nothing more is sent.
+    /// Returns after the last reply has been sent.
+    pub async fn run(
+        &self,
+        spec: JobSpec,
+        replies: mpsc::Sender<Reply>,
+        cancel: CancellationToken,
+    ) {
+        let job_id = spec.job_id.clone();
+        let workspace = spec.workspace.clone();
+        if let Err(error) = self.run_job(spec, &replies, &cancel).await {
+            tracing::warn!(
+                job_id = %job_id,
+                workspace = %workspace,
+                error = %error_chain(&error),
+                "job refused"
+            );
+            if !cancel.is_cancelled() {
+                let _ = replies.send(Reply::Error(error.to_wire())).await;
+            }
+        }
+    }
+
+    async fn run_job(
+        &self,
+        spec: JobSpec,
+        replies: &mpsc::Sender<Reply>,
+        cancel: &CancellationToken,
+    ) -> Result<(), JobError> {
+        let filename = validate(&spec)?;
+        if let Some(reason) = &self.refusal {
+            return Err(JobError::SandboxUnavailable(reason.clone()));
+        }
+        let queued_at = Instant::now();
+        let Some(_permit) = self.admit(cancel).await? else {
+            return Ok(()); // cancelled while queued
+        };
+        let queued_ms = millis(queued_at.elapsed());
+        let _running = RunningCount::enter(&self.running);
+        let limits = self.ceilings.clamp(&spec.limits);
+
+        // Workspace and scratch directory (blocking filesystem work).
+        let workspaces = Arc::clone(&self.workspaces);
+        let (workspace_name, program) = (spec.workspace.clone(), spec.program.clone());
+        let workdir = tokio::task::spawn_blocking(move || -> Result<PathBuf, WorkspaceError> {
+            let dir = workspaces.ensure(&workspace_name)?;
+            if let (Program::Python { code, .. }, Some(path)) = (&program, &filename) {
+                workspaces.write_file(&workspace_name, path, code.as_bytes())?;
+            }
+            Ok(dir)
+        })
+        .await??;
+        let scratch = self.scratch_root.join(&spec.job_id);
+        let (scratch_dir, owner) = (scratch.clone(), self.owner);
+        tokio::task::spawn_blocking(move || make_scratch(&scratch_dir, owner))
+            .await?
+            .map_err(|source| JobError::Scratch {
+                path: scratch.clone(),
+                source,
+            })?;
+
+        let command = self.command_for(&spec, &limits, &workdir, &scratch);
+        let result = self
+            .supervise(
+                &spec, command, limits, queued_ms, &workdir, &scratch, replies, cancel,
+            )
+            .await;
+
+        let scratch_dir = scratch.clone();
+        let cleanup = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&scratch_dir));
+        if let Ok(Err(error)) = cleanup.await {
+            tracing::warn!(job_id = %spec.job_id, %error, path = %scratch.display(), "could not remove the job's scratch directory");
+        }
+        result
+    }
+
+    /// Wait for a slot: at once if one is free, in the bounded queue otherwise.
+    /// `Ok(None)` when cancelled while waiting.
+    async fn admit(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, JobError> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(Some(permit));
+        }
+        let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
+        if waiting >= self.config.max_queued_jobs {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(JobError::Busy(waiting));
+        }
+        let permit = tokio::select! {
+            permit = Arc::clone(&self.slots).acquire_owned() => permit.ok(),
+            () = cancel.cancelled() => None,
+        };
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Ok(permit)
+    }
+
+    fn command_for(
+        &self,
+        spec: &JobSpec,
+        limits: &Limits,
+        workdir: &Path,
+        scratch: &Path,
+    ) -> JobCommand {
+        let env = vec![
+            ("PATH".to_owned(), self.config.job_path.clone()),
+            ("HOME".to_owned(), workdir.display().to_string()),
+            ("TMPDIR".to_owned(), scratch.display().to_string()),
+            ("LANG".to_owned(), "C.UTF-8".to_owned()),
+            ("NOX_JOB_ID".to_owned(), spec.job_id.clone()),
+        ];
+        let (program, args, code) = match &spec.program {
+            Program::Python { code, filename } => {
+                let shown = workdir.join(filename).display().to_string();
+                (
+                    self.config.python.clone(),
+                    vec![
+                        "-I".to_owned(),
+                        "-u".to_owned(),
+                        "-c".to_owned(),
+                        PYTHON_BOOTSTRAP.to_owned(),
+                        shown,
+                        filename.clone(),
+                    ],
+                    Some(code.as_bytes().to_vec()),
+                )
+            }
+            Program::Shell { command } => (
+                self.config.shell.clone(),
+                vec!["-c".to_owned(), command.clone()],
+                None,
+            ),
+        };
+        JobCommand {
+            program,
+            args,
+            env,
+            workdir: workdir.to_path_buf(),
+            code,
+            limits: *limits,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn supervise(
+        &self,
+        spec: &JobSpec,
+        command: JobCommand,
+        limits: Limits,
+        queued_ms: u64,
+        workdir: &Path,
+        scratch: &Path,
+        replies: &mpsc::Sender<Reply>,
+        cancel: &CancellationToken,
+    ) -> Result<(), JobError> {
+        let sandbox = Arc::clone(&self.sandbox);
+        let writable = [workdir.to_path_buf(), scratch.to_path_buf()];
+        let spawned = tokio::task::spawn_blocking(move || {
+            let writable: Vec<&Path> = writable.iter().map(PathBuf::as_path).collect();
+            sandbox.spawn(&command, &writable)
+        })
+        .await??;
+        let pid = spawned.pid;
+        let started = spawned.started;
+        let deadline =
+            tokio::time::Instant::from_std(started) + Duration::from_millis(limits.timeout_ms);
+
+        let stdin_data = spec.stdin.clone();
+        let stdin = pipe::Sender::from_owned_fd(spawned.stdin);
+        tokio::spawn(async move {
+            // A job that never reads its stdin gets EPIPE here; that is its business.
+            if let Ok(mut stdin) = stdin {
+                let _ = stdin.write_all(&stdin_data).await;
+            }
+        });
+        let stdout = pipe::Receiver::from_owned_fd(spawned.stdout);
+        let stderr = pipe::Receiver::from_owned_fd(spawned.stderr);
+        let (Ok(mut stdout), Ok(mut stderr)) = (stdout, stderr) else {
+            self.sandbox.kill(pid);
+            return Err(JobError::Sandbox(SandboxError::Pipe(
+                std::io::Error::other("could not register the job's output pipes"),
+            )));
+        };
+
+        let mut watch = Watch::new(limits.max_output_bytes);
+        let started_reply = Reply::Started(JobStarted {
+            job_id: spec.job_id.clone(),
+            queued_ms,
+            limits,
+        });
+        if replies.send(started_reply).await.is_err() {
+            watch.cancelled = true;
+            self.sandbox.kill(pid);
+        }
+
+        let mut exit = spawned.exit;
+        let mut report: Option<Result<ExitReport, ()>> = None;
+        let (mut stdout_open, mut stderr_open) = (true, true);
+        let mut out_buffer = vec![0u8; READ_BUFFER];
+        let mut err_buffer = vec![0u8; READ_BUFFER];
+        let drain = tokio::time::sleep(Duration::MAX.min(Duration::from_secs(86_400 * 365)));
+        tokio::pin!(drain);
+        let timeout = tokio::time::sleep_until(deadline);
+        tokio::pin!(timeout);
+
+        while report.is_none() || stdout_open || stderr_open {
+            let mut chunk: Option<(Stream, usize)> = None;
+            tokio::select! {
+                read = stdout.read(&mut out_buffer), if stdout_open => match read {
+                    Ok(0) | Err(_) => stdout_open = false,
+                    Ok(n) => chunk = Some((Stream::Stdout, n)),
+                },
+                read = stderr.read(&mut err_buffer), if stderr_open => match read {
+                    Ok(0) | Err(_) => stderr_open = false,
+                    Ok(n) => chunk = Some((Stream::Stderr, n)),
+                },
+                result = &mut exit, if report.is_none() => {
+                    report = Some(result.map_err(|_| ()));
+                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+                }
+                () = &mut timeout, if report.is_none() && !watch.timed_out => {
+                    watch.timed_out = true;
+                    self.sandbox.kill(pid);
+                }
+                () = cancel.cancelled(), if !watch.cancelled => {
+                    watch.cancelled = true;
+                    self.sandbox.kill(pid);
+                }
+                () = &mut drain, if report.is_some() => break,
+            }
+            if let Some((stream, n)) = chunk {
+                let buffer = match stream {
+                    Stream::Stdout => &out_buffer[..n],
+                    Stream::Stderr => &err_buffer[..n],
+                };
+                let (keep, over_cap) = watch.account(stream, n);
+                if keep > 0 && !watch.cancelled {
+                    let reply = Reply::Output(OutputChunk {
+                        stream,
+                        data: buffer[..keep].to_vec(),
+                    });
+                    if replies.send(reply).await.is_err() {
+                        watch.cancelled = true;
+                        self.sandbox.kill(pid);
+                    }
+                }
+                if over_cap && !watch.output_hit {
+                    watch.output_hit = true;
+                    self.sandbox.kill(pid);
+                }
+            }
+        }
+
+        let outcome = watch.outcome(&spec.job_id, started, report, &limits);
+        tracing::info!(
+            job_id = %spec.job_id,
+            workspace = %spec.workspace,
+            language = spec.program.language(),
+            pid,
+            status = ?outcome.status,
+            timed_out = outcome.timed_out,
+            limit_hit = ?outcome.limit_hit,
+            duration_ms = outcome.duration_ms,
+            queued_ms,
+            cpu_ms = outcome.usage.user_ms + outcome.usage.system_ms,
+            max_rss_kib = outcome.usage.max_rss_kib,
+            stdout_bytes = outcome.stdout_bytes,
+            stderr_bytes = outcome.stderr_bytes,
+            truncated = outcome.stdout_truncated || outcome.stderr_truncated,
+            cancelled = watch.cancelled,
+            timeout_ms = limits.timeout_ms,
+            memory_bytes = limits.memory_bytes,
+            "job finished"
+        );
+        if !watch.cancelled {
+            let _ = replies.send(Reply::Finished(outcome)).await;
+        }
+        Ok(())
+    }
+}
+
+/// What happened while a job ran.
+#[derive(Debug)]
+struct Watch {
+    cap: u64,
+    stdout_bytes: u64,
+    stderr_bytes: u64,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
+    timed_out: bool,
+    output_hit: bool,
+    cancelled: bool,
+}
+
+impl Watch {
+    fn new(cap: u64) -> Watch {
+        Watch {
+            cap,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            timed_out: false,
+            output_hit: false,
+            cancelled: false,
+        }
+    }
+
+    /// Count `n` new bytes on `stream`: how many to forward, and whether the cap is passed.
+    fn account(&mut self, stream: Stream, n: usize) -> (usize, bool) {
+        let (sent, truncated) = match stream {
+            Stream::Stdout => (&mut self.stdout_bytes, &mut self.stdout_truncated),
+            Stream::Stderr => (&mut self.stderr_bytes, &mut self.stderr_truncated),
+        };
+        let room = self.cap.saturating_sub(*sent);
+        let n64 = u64::try_from(n).unwrap_or(u64::MAX);
+        if n64 <= room {
+            *sent += n64;
+            return (n, false);
+        }
+        *truncated = true;
+        *sent += room;
+        (usize::try_from(room).unwrap_or(0), true)
+    }
+
+    fn outcome(
+        &self,
+        job_id: &str,
+        started: Instant,
+        report: Option<Result<ExitReport, ()>>,
+        limits: &Limits,
+    ) -> JobOutcome {
+        let (status, usage, ended) = match report {
+            Some(Ok(report)) => (
+                exit_status(report.status),
+                usage_of(&report.rusage),
+                report.at,
+            ),
+            // The reaper lost track of the job (it cannot happen without a bug): report it
+            // as killed rather than invent an exit code.
+            _ => (
+                ExitStatus::Signaled(libc::SIGKILL),
+                ResourceUsage::default(),
+                Instant::now(),
+            ),
+        };
+        let limit_hit = if self.timed_out {
+            Some(LimitHit::Timeout)
+        } else if self.output_hit {
+            Some(LimitHit::Output)
+        } else {
+            match status {
+                ExitStatus::Signaled(libc::SIGXCPU) => Some(LimitHit::Cpu),
+                ExitStatus::Signaled(libc::SIGKILL)
+                    if usage.user_ms + usage.system_ms + 50 >= limits.cpu_seconds * 1000 =>
+                {
+                    Some(LimitHit::Cpu)
+                }
+                ExitStatus::Signaled(libc::SIGXFSZ) => Some(LimitHit::FileSize),
+                _ => None,
+            }
+        };
+        JobOutcome {
+            job_id: job_id.to_owned(),
+            status,
+            timed_out: self.timed_out,
+            limit_hit,
+            duration_ms: millis(ended.saturating_duration_since(started)),
+            usage,
+            stdout_bytes: self.stdout_bytes,
+            stderr_bytes: self.stderr_bytes,
+            stdout_truncated: self.stdout_truncated,
+            stderr_truncated: self.stderr_truncated,
+        }
+    }
+}
+
+/// Counts a running job for as long as it lives.
+struct RunningCount<'a>(&'a AtomicU32);
+
+impl<'a> RunningCount<'a> {
+    fn enter(counter: &'a AtomicU32) -> RunningCount<'a> {
+        counter.fetch_add(1, Ordering::AcqRel);
+        RunningCount(counter)
+    }
+}
+
+impl Drop for RunningCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Re-validate a job (the frontend is less privileged and not trusted). Returns the
+/// validated file name of a Python job.
+fn validate(spec: &JobSpec) -> Result<Option<RelPath>, JobError> {
+    if !nox_protocol::validate_job_id(&spec.job_id) {
+        return Err(JobError::Invalid(
+            "job id must be 1-64 of [A-Za-z0-9_-]".into(),
+        ));
+    }
+    if !nox_protocol::validate_workspace_name(&spec.workspace) {
+        return Err(JobError::Invalid("workspace name is not valid".into()));
+    }
+    let input = match &spec.program {
+        Program::Python { code, .. } => code.len(),
+        Program::Shell { command } => command.len(),
+    };
+    if input.saturating_add(spec.stdin.len()) > nox_protocol::MAX_JOB_INPUT_LEN {
+        return Err(JobError::TooLarge);
+    }
+    match &spec.program {
+        Program::Python { filename, .. } => RelPath::parse(filename)
+            .map(Some)
+            .map_err(|error| JobError::Invalid(format!("filename: {error}"))),
+        Program::Shell { command } if command.contains('\0') => {
+            Err(JobError::Invalid("the command contains a NUL byte".into()))
+        }
+        Program::Shell { .. } => Ok(None),
+    }
+}
+
+fn exit_status(raw: i32) -> ExitStatus {
+    if libc::WIFSIGNALED(raw) {
+        ExitStatus::Signaled(libc::WTERMSIG(raw))
+    } else {
+        ExitStatus::Exited(libc::WEXITSTATUS(raw))
+    }
+}
+
+fn usage_of(rusage: &libc::rusage) -> ResourceUsage {
+    let ms = |time: libc::timeval| {
+        u64::try_from(time.tv_sec).unwrap_or(0) * 1000
+            + u64::try_from(time.tv_usec).unwrap_or(0) / 1000
+    };
+    ResourceUsage {
+        user_ms: ms(rusage.ru_utime),
+        system_ms: ms(rusage.ru_stime),
+        max_rss_kib: u64::try_from(rusage.ru_maxrss).unwrap_or(0),
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn describe_layers(sandbox: &Sandbox) -> String {
+    sandbox
+        .layers()
+        .iter()
+        .map(|status| {
+            format!(
+                "{}={}",
+                status.layer.name(),
+                if status.active { "on" } else { "off" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `<state>/jobs`: traversable by the sandbox user, listable only by the executor.
+fn prepare_scratch_root(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
+}
+
+/// `<state>/jobs/<job id>`: a fresh directory owned by the job's user, mode 0700.
+fn make_scratch(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(path)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_past_the_cap_is_cut_at_the_cap_and_flagged() {
+        let mut watch = Watch::new(10);
+        assert_eq!(watch.account(Stream::Stdout, 6), (6, false));
+        assert_eq!(watch.account(Stream::Stdout, 6), (4, true));
+        assert_eq!(watch.account(Stream::Stdout, 6), (0, true));
+        assert!(watch.stdout_truncated);
+        assert_eq!(watch.stdout_bytes, 10);
+        assert_eq!(watch.account(Stream::Stderr, 3), (3, false));
+        assert!(!watch.stderr_truncated);
+    }
+
+    #[test]
+    fn wait_statuses_become_exit_codes_or_signals() {
+        assert_eq!(exit_status(3 << 8), ExitStatus::Exited(3));
+        assert_eq!(exit_status(9), ExitStatus::Signaled(9));
+    }
+
+    #[test]
+    fn a_job_with_a_bad_id_workspace_or_filename_is_refused() {
+        let good = JobSpec {
+            job_id: "abc".into(),
+            workspace: "default".into(),
+            program: Program::Python {
+                code: "print(1)".into(),
+                filename: "run.py".into(),
+            },
+            stdin: Vec::new(),
+            limits: Default::default(),
+        };
+        assert!(validate(&good).is_ok());
+        let bad_id = JobSpec {
+            job_id: "../x".into(),
+            ..good.clone()
+        };
+        assert!(validate(&bad_id).is_err());
+        let bad_workspace = JobSpec {
+            workspace: "..".into(),
+            ..good.clone()
+        };
+        assert!(validate(&bad_workspace).is_err());
+        let bad_name = JobSpec {
+            program: Program::Python {
+                code: String::new(),
+                filename: "../../etc/cron.d/x".into(),
+            },
+            ..good
+        };
+        assert!(validate(&bad_name).is_err());
+    }
+
+    #[test]
+    fn the_timeout_is_the_limit_named_when_it_fired() {
+        let mut watch = Watch::new(10);
+        watch.timed_out = true;
+        let outcome = watch.outcome("j", Instant::now(), None, &Limits::default());
+        assert_eq!(outcome.limit_hit, Some(LimitHit::Timeout));
+        assert!(outcome.timed_out);
+    }
+}

@@ -1,0 +1,551 @@
+//! The per-job sandbox. All `unsafe` code and every privilege change of the workspace lives
+//! under this module.
+//!
+//! What it enforces, per job: own process group, rlimits, the sandbox uid (when the
+//! executor is root), no capabilities, `no_new_privs`, Landlock, a seccomp filter, a
+//! rebuilt environment and no inherited descriptors (see [`spawn`] for the order). What it
+//! trusts: the job runner to pass a validated [`spawn::JobCommand`]; the executor's unit to
+//! supply what is applied once for everyone (no network, read-only system, memory and task
+//! ceilings for the whole service).
+//!
+//! Fail closed: [`Sandbox::new`] probes every layer and runs a probe job through all of
+//! them; a layer configured as required that is not active makes every job fail with
+//! `SandboxUnavailable` instead of running with less.
+
+pub mod landlock;
+pub mod reaper;
+pub mod seccomp;
+pub mod spawn;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use nox_protocol::{Layer, LayerStatus, Limits};
+use seccompiler::BpfProgram;
+use thiserror::Error;
+
+use crate::config::ExecutorConfig;
+use landlock::LandlockPolicy;
+use reaper::Reaper;
+use spawn::{ChildPlan, JobCommand, SpawnedJob};
+
+/// Failures preparing or applying the sandbox.
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error(
+        "sandbox user `{user}` does not exist (create it: useradd --system --no-create-home --shell /usr/sbin/nologin {user})"
+    )]
+    UnknownUser { user: String },
+    #[error("sandbox user `{user}` is root; jobs never run as root")]
+    RootSandboxUser { user: String },
+    #[error("could not look up the sandbox user `{user}`")]
+    LookupUser {
+        user: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("could not build the seccomp rules")]
+    SeccompRules(#[source] seccompiler::BackendError),
+    #[error("could not compile the seccomp filter")]
+    SeccompCompile(#[source] seccompiler::BackendError),
+    #[error("seccomp is not supported on architecture {0}")]
+    SeccompArch(&'static str),
+    #[error("the seccomp filter has {0} instructions, more than the kernel accepts")]
+    SeccompTooLong(usize),
+    #[error("could not build the Landlock ruleset")]
+    Landlock(#[source] ::landlock::RulesetError),
+    #[error("Landlock is not available in this kernel")]
+    LandlockUnavailable,
+    #[error(
+        "the sandbox user (uid {uid}) cannot reach {path}: {blocker} is not searchable by it (make it mode o+x, or choose a directory under one that is)"
+    )]
+    Unreachable {
+        uid: u32,
+        path: PathBuf,
+        blocker: PathBuf,
+    },
+    #[error("could not start the reaper")]
+    Reaper(#[source] io::Error),
+    #[error("{what} contains a NUL byte")]
+    NulByte { what: &'static str },
+    #[error("could not create a pipe or descriptor for the job")]
+    Pipe(#[source] io::Error),
+    #[error("could not open the job's directory {path}")]
+    OpenDirectory {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("fork failed")]
+    Fork(#[source] io::Error),
+    #[error("setting up the job failed at step `{}`", step.name())]
+    ChildSetup {
+        step: Step,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The child's setup steps, in the order they run (see [`spawn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    Signals = 1,
+    ProcessGroup = 2,
+    Stdio = 3,
+    CloseDescriptors = 4,
+    Rlimits = 5,
+    Groups = 6,
+    Gid = 7,
+    Uid = 8,
+    WorkingDirectory = 9,
+    Capabilities = 10,
+    NoNewPrivs = 11,
+    Landlock = 12,
+    Seccomp = 13,
+    Exec = 14,
+    Unknown = 0,
+}
+
+impl Step {
+    const ALL: [Step; 14] = [
+        Step::Signals,
+        Step::ProcessGroup,
+        Step::Stdio,
+        Step::CloseDescriptors,
+        Step::Rlimits,
+        Step::Groups,
+        Step::Gid,
+        Step::Uid,
+        Step::WorkingDirectory,
+        Step::Capabilities,
+        Step::NoNewPrivs,
+        Step::Landlock,
+        Step::Seccomp,
+        Step::Exec,
+    ];
+
+    fn from_code(code: u32) -> Step {
+        Step::ALL
+            .into_iter()
+            .find(|step| *step as u32 == code)
+            .unwrap_or(Step::Unknown)
+    }
+
+    /// Name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Signals => "reset signals",
+            Step::ProcessGroup => "own process group",
+            Step::Stdio => "standard descriptors",
+            Step::CloseDescriptors => "close inherited descriptors",
+            Step::Rlimits => "rlimits",
+            Step::Groups => "supplementary groups",
+            Step::Gid => "setresgid",
+            Step::Uid => "setresuid",
+            Step::WorkingDirectory => "enter the workspace",
+            Step::Capabilities => "drop capabilities",
+            Step::NoNewPrivs => "no_new_privs",
+            Step::Landlock => "landlock_restrict_self",
+            Step::Seccomp => "seccomp filter",
+            Step::Exec => "exec",
+            Step::Unknown => "unknown",
+        }
+    }
+}
+
+/// Who jobs run as.
+#[derive(Debug, Clone)]
+pub struct JobIdentity {
+    /// `(uid, gid)` of the sandbox user when the executor is root.
+    switch_to: Option<(u32, u32)>,
+    user: String,
+    own_uid: u32,
+}
+
+impl JobIdentity {
+    /// As root: the configured sandbox user, which must exist and not be root. Otherwise
+    /// jobs run as the executor's own user (with every other layer).
+    pub fn resolve(config: &ExecutorConfig) -> Result<JobIdentity, SandboxError> {
+        let own_uid = nix::unistd::geteuid().as_raw();
+        if own_uid != 0 {
+            return Ok(JobIdentity {
+                switch_to: None,
+                user: String::new(),
+                own_uid,
+            });
+        }
+        let user = config.sandbox_user.clone();
+        let entry = match nix::unistd::User::from_name(&user) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Err(SandboxError::UnknownUser { user }),
+            Err(source) => return Err(SandboxError::LookupUser { user, source }),
+        };
+        if entry.uid.is_root() || entry.gid.as_raw() == 0 {
+            return Err(SandboxError::RootSandboxUser { user });
+        }
+        Ok(JobIdentity {
+            switch_to: Some((entry.uid.as_raw(), entry.gid.as_raw())),
+            user,
+            own_uid,
+        })
+    }
+
+    /// The uid and gid that must own workspace files, when they differ from ours.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.switch_to
+    }
+
+    /// Check that jobs, running as the sandbox user, can reach `path` by name: every
+    /// directory above it must be searchable by that user. (The job enters its workspace
+    /// by descriptor, which would hide the problem until a job used an absolute path.)
+    pub fn check_reachable(&self, path: &Path) -> Result<(), SandboxError> {
+        use std::os::unix::fs::MetadataExt;
+        let Some((uid, gid)) = self.switch_to else {
+            return Ok(());
+        };
+        for ancestor in path.ancestors().skip(1) {
+            let Ok(meta) = std::fs::metadata(ancestor) else {
+                continue;
+            };
+            let mode = meta.mode();
+            let searchable = if meta.uid() == uid {
+                mode & 0o100 != 0
+            } else if meta.gid() == gid {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            };
+            if !searchable {
+                return Err(SandboxError::Unreachable {
+                    uid,
+                    path: path.to_path_buf(),
+                    blocker: ancestor.to_path_buf(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        match self.switch_to {
+            Some((uid, gid)) => format!("uid {uid} gid {gid} ({})", self.user),
+            None => format!(
+                "executor is not root: jobs run as its own uid {}",
+                self.own_uid
+            ),
+        }
+    }
+}
+
+/// The sandbox every job goes through: probed layers and prebuilt programs.
+#[derive(Debug)]
+pub struct Sandbox {
+    identity: JobIdentity,
+    landlock: Option<LandlockPolicy>,
+    seccomp: Option<BpfProgram>,
+    seccomp_error: Option<String>,
+    network_isolated: bool,
+    /// Processes the job's uid already has, added to RLIMIT_NPROC when jobs share the
+    /// executor's uid (development), so the developer's own processes do not count.
+    process_allowance: u64,
+    reaper: Reaper,
+    probe_failure: Option<String>,
+    required: Vec<Layer>,
+}
+
+impl Sandbox {
+    /// Probe the kernel, compile the filter, start the reaper. `probe_dir` is a directory
+    /// where a probe job may run (the state directory).
+    pub fn new(
+        config: &ExecutorConfig,
+        identity: JobIdentity,
+        probe_dir: &Path,
+    ) -> Result<Sandbox, SandboxError> {
+        let landlock = LandlockPolicy::probe(&config.extra_read_paths);
+        let (seccomp, seccomp_error) = match seccomp::job_filter() {
+            Ok(program) if seccomp_available() => (Some(program), None),
+            Ok(_) => (
+                None,
+                Some("the kernel has no seccomp filter mode".to_owned()),
+            ),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        let process_allowance = match identity.switch_to {
+            Some(_) => 0,
+            None => count_processes_of(identity.own_uid),
+        };
+        let mut sandbox = Sandbox {
+            identity,
+            landlock,
+            seccomp,
+            seccomp_error,
+            network_isolated: only_loopback(),
+            process_allowance,
+            reaper: Reaper::global().map_err(SandboxError::Reaper)?,
+            probe_failure: None,
+            required: config.required(),
+        };
+        sandbox.probe_failure = sandbox.probe(config, probe_dir).err();
+        Ok(sandbox)
+    }
+
+    /// Run `/bin/sh -c true` through every layer once, as a job would be.
+    fn probe(&self, config: &ExecutorConfig, dir: &Path) -> Result<(), String> {
+        let command = JobCommand {
+            program: config.shell.clone(),
+            args: vec!["-c".into(), "exit 0".into()],
+            env: vec![("PATH".into(), config.job_path.clone())],
+            workdir: dir.to_path_buf(),
+            code: None,
+            limits: Limits::default(),
+        };
+        let started = self
+            .spawn(&command, &[dir])
+            .map_err(|error| error_chain(&error))?;
+        // Polled rather than awaited: this runs once at start, inside or outside a runtime.
+        let mut exit = started.exit;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let report = loop {
+            match exit.try_recv() {
+                Ok(report) => break report,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(_) => {
+                    self.kill(started.pid);
+                    return Err("the probe job did not finish within 10 s".to_owned());
+                }
+            }
+        };
+        if libc::WIFEXITED(report.status) && libc::WEXITSTATUS(report.status) == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "the probe job ended with wait status {}",
+                report.status
+            ))
+        }
+    }
+
+    /// Every layer with its state, in `Layer::ALL` order.
+    pub fn layers(&self) -> Vec<LayerStatus> {
+        let probe_ok = self.probe_failure.is_none();
+        Layer::ALL
+            .into_iter()
+            .map(|layer| {
+                let (active, detail) = match layer {
+                    Layer::ProcessGroup => (probe_ok, "killed whole at timeout and exit".into()),
+                    Layer::Rlimits => (probe_ok, "cpu, as, nproc, fsize, nofile, core".into()),
+                    Layer::SandboxUser => (
+                        probe_ok && self.identity.switch_to.is_some(),
+                        self.identity.describe(),
+                    ),
+                    Layer::NoCapabilities => (probe_ok, "all capability sets empty".into()),
+                    Layer::NoNewPrivs => (probe_ok, "PR_SET_NO_NEW_PRIVS".into()),
+                    Layer::Landlock => match &self.landlock {
+                        Some(policy) => (probe_ok, format!("ABI {}", policy.abi_version())),
+                        None => (false, "not available in this kernel".into()),
+                    },
+                    Layer::Seccomp => match &self.seccomp {
+                        Some(program) => (probe_ok, format!("{} instructions", program.len())),
+                        None => (false, self.seccomp_error.clone().unwrap_or_default()),
+                    },
+                    Layer::CleanEnvironment => (probe_ok, "allowlisted variables only".into()),
+                    Layer::NetworkIsolation => (
+                        self.network_isolated,
+                        if self.network_isolated {
+                            "no interface but loopback".into()
+                        } else {
+                            "the host network is visible (run under the systemd unit with \
+                             PrivateNetwork=yes); seccomp still refuses non-Unix sockets"
+                                .into()
+                        },
+                    ),
+                };
+                let detail = match (&self.probe_failure, active) {
+                    (Some(failure), false) if layer != Layer::NetworkIsolation => {
+                        format!("{detail}; probe job failed: {failure}")
+                    }
+                    _ => detail,
+                };
+                LayerStatus {
+                    layer,
+                    active,
+                    required: self.required.contains(&layer),
+                    detail,
+                }
+            })
+            .collect()
+    }
+
+    /// The required layers that are not active; jobs run only when this is empty.
+    pub fn missing_required(&self) -> Vec<LayerStatus> {
+        self.layers()
+            .into_iter()
+            .filter(|status| status.required && !status.active)
+            .collect()
+    }
+
+    /// Start a job. Blocking (fork, then wait for exec). `writable` are the directories
+    /// Landlock lets the job write.
+    pub fn spawn(
+        &self,
+        command: &JobCommand,
+        writable: &[&Path],
+    ) -> Result<SpawnedJob, SandboxError> {
+        let (program, argv, envp) = spawn::command_strings(command)?;
+        let workdir =
+            spawn::open_dir(&command.workdir).map_err(|source| SandboxError::OpenDirectory {
+                path: command.workdir.clone(),
+                source,
+            })?;
+        let code = match &command.code {
+            Some(bytes) => Some(spawn::memfd_with(bytes).map_err(SandboxError::Pipe)?),
+            None => None,
+        };
+        let landlock = match &self.landlock {
+            Some(policy) => {
+                Some(spawn::raise_fd(policy.ruleset(writable)?).map_err(SandboxError::Pipe)?)
+            }
+            None => None,
+        };
+        let plan = ChildPlan {
+            program,
+            argv,
+            envp,
+            workdir,
+            code,
+            rlimits: spawn::rlimits_for(&command.limits, self.process_allowance),
+            identity: self.identity.switch_to,
+            landlock,
+            seccomp: self.seccomp.as_ref(),
+        };
+        spawn::spawn(plan, &self.reaper)
+    }
+
+    /// Kill the whole process group of a job whose leader has not been reaped.
+    pub fn kill(&self, pid: i32) {
+        self.reaper.kill_group(pid);
+    }
+}
+
+/// The message chain of an error, joined.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The kernel's Landlock ABI version, or a value below 1 when unavailable.
+pub fn landlock_abi_version() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a NULL attribute and size 0 this call only reports the ABI version.
+    let version = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    i32::try_from(version).unwrap_or(-1)
+}
+
+fn seccomp_available() -> bool {
+    // SAFETY: PR_GET_SECCOMP takes no pointers; it fails with EINVAL without seccomp.
+    unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 }
+}
+
+/// True when `/proc/net/dev` lists no interface but `lo`.
+fn only_loopback() -> bool {
+    std::fs::read_to_string("/proc/net/dev").is_ok_and(|table| {
+        table
+            .lines()
+            .skip(2)
+            .filter_map(|line| line.split(':').next())
+            .all(|name| name.trim() == "lo")
+    })
+}
+
+fn count_processes_of(uid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let count = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|entry| entry.metadata().is_ok_and(|meta| meta.uid() == uid))
+        .count();
+    u64::try_from(count).unwrap_or(u64::MAX)
+}
+
+/// `PR_SET_CHILD_SUBREAPER`: orphans of jobs are re-parented to the executor.
+fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Block until some child has exited, without reaping it (`WNOWAIT`); its pid.
+fn wait_any_exited() -> io::Result<i32> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value for the kernel to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t.
+    let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled `info` for an exited child, so si_pid is the valid field.
+    Ok(unsafe { info.si_pid() })
+}
+
+/// Reap `pid`, which must be an exited child (seen by [`wait_any_exited`]).
+fn reap_pid(pid: i32) -> io::Result<reaper::ExitReport> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; zero is valid.
+    let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `rusage` are valid, writable locals.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut rusage) };
+        if rc == pid {
+            return Ok(reaper::ExitReport {
+                status,
+                rusage,
+                at: std::time::Instant::now(),
+            });
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINTR) {
+            return Err(error);
+        }
+    }
+}
+
+/// SIGKILL to every process of the group `pgid` (ESRCH, an empty group, is fine).
+fn kill_process_group(pgid: i32) {
+    if pgid > 1 {
+        // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Whether `fd` is a valid open descriptor (used in tests).
+pub fn is_open(fd: &impl AsRawFd) -> bool {
+    // SAFETY: F_GETFD only reads descriptor flags.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) >= 0 }
+}

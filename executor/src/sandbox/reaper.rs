@@ -1,0 +1,156 @@
+//! The reaper: one thread that waits for every child of the executor.
+//!
+//! The executor is a child subreaper, so anything a job forks and orphans is re-parented
+//! here rather than to PID 1. The reaper waits for any child with `WNOWAIT` first, so the
+//! exited process stays a zombie — its pid (and so its process group id) cannot be reused —
+//! while the reaper kills the job's whole process group; only then is it reaped. A timeout
+//! kill takes the same lock and only signals a group whose leader has not been reaped yet.
+//! Together these make "kill everything the job forked" free of pid-reuse races.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+/// How a job's main process ended, as `wait4` reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct ExitReport {
+    /// The raw wait status.
+    pub status: i32,
+    pub rusage: libc::rusage,
+    pub at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Job leaders not yet reaped, with whoever waits for them.
+    leaders: HashMap<i32, Option<oneshot::Sender<ExitReport>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    table: Mutex<Table>,
+    children_exist: Condvar,
+}
+
+/// Handle to the reaper thread.
+#[derive(Debug, Clone)]
+pub struct Reaper {
+    shared: Arc<Shared>,
+}
+
+impl Reaper {
+    /// The process's reaper, started on first use. There must be exactly one: it waits for
+    /// *any* child, so a second one would take the first one's exits.
+    pub fn global() -> io::Result<Reaper> {
+        static GLOBAL: std::sync::OnceLock<Reaper> = std::sync::OnceLock::new();
+        static START: Mutex<()> = Mutex::new(());
+        if let Some(reaper) = GLOBAL.get() {
+            return Ok(reaper.clone());
+        }
+        let _starting = START
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(reaper) = GLOBAL.get() {
+            return Ok(reaper.clone());
+        }
+        let reaper = Reaper::start()?;
+        Ok(GLOBAL.get_or_init(|| reaper).clone())
+    }
+
+    /// Become a child subreaper and start the reaper thread.
+    fn start() -> io::Result<Reaper> {
+        super::set_child_subreaper()?;
+        let shared = Arc::new(Shared {
+            table: Mutex::new(Table::default()),
+            children_exist: Condvar::new(),
+        });
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("nox-reaper".into())
+            .spawn(move || reap_forever(&thread_shared))?;
+        Ok(Reaper { shared })
+    }
+
+    /// Lock the table for a fork: the caller forks while holding the guard and registers
+    /// the new pid before releasing it, so the reaper never sees an unregistered leader.
+    pub fn lock_for_spawn(&self) -> SpawnGuard<'_> {
+        SpawnGuard {
+            guard: lock(&self.shared.table),
+            shared: &self.shared,
+        }
+    }
+
+    /// Kill the process group of `leader` if the leader has not been reaped yet.
+    pub fn kill_group(&self, leader: i32) {
+        let table = lock(&self.shared.table);
+        if table.leaders.contains_key(&leader) {
+            super::kill_process_group(leader);
+        }
+    }
+}
+
+/// Held across a fork; see [`Reaper::lock_for_spawn`].
+#[derive(Debug)]
+pub struct SpawnGuard<'a> {
+    guard: MutexGuard<'a, Table>,
+    shared: &'a Shared,
+}
+
+impl SpawnGuard<'_> {
+    /// Register `leader` and return the receiver of its exit report.
+    pub fn watch(mut self, leader: i32) -> oneshot::Receiver<ExitReport> {
+        let (sender, receiver) = oneshot::channel();
+        self.guard.leaders.insert(leader, Some(sender));
+        self.shared.children_exist.notify_one();
+        receiver
+    }
+}
+
+fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    // A poisoned lock means a panic elsewhere; the table itself is still consistent
+    // (every mutation is a single insert or remove).
+    table
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn reap_forever(shared: &Shared) {
+    loop {
+        match super::wait_any_exited() {
+            Ok(pid) => reap(shared, pid),
+            Err(error) if error.raw_os_error() == Some(libc::ECHILD) => {
+                // No children at all: sleep until one is registered (or a second passes,
+                // in case an orphan arrives without a registration).
+                let table = lock(&shared.table);
+                let _ = shared
+                    .children_exist
+                    .wait_timeout(table, Duration::from_secs(1));
+            }
+            Err(error) if error.raw_os_error() == Some(libc::EINTR) => {}
+            Err(error) => {
+                tracing::error!(%error, "waitid failed in the reaper");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn reap(shared: &Shared, pid: i32) {
+    let mut table = lock(&shared.table);
+    let leader = table.leaders.contains_key(&pid);
+    if leader {
+        // The leader is a zombie: its process group id is still ours. Kill whatever it
+        // left behind before the pid can be reused.
+        super::kill_process_group(pid);
+    }
+    let report = super::reap_pid(pid);
+    if leader && let Some(slot) = table.leaders.remove(&pid) {
+        drop(table);
+        if let (Some(sender), Ok(report)) = (slot, report) {
+            let _ = sender.send(report);
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! Starting one job: prepare everything in the executor, fork, and in the child only apply.
+//!
+//! INVARIANT: the order of the child's steps is fixed and is the order of [`Step`]:
+//! signals reset → own process group → stdio and the code descriptor in place → every
+//! other descriptor close-on-exec → rlimits → supplementary groups, gid, uid (as root) →
+//! working directory → no capabilities in any set → `no_new_privs` → Landlock → seccomp →
+//! exec. rlimits come before the uid change so the job cannot raise them (it lacks
+//! CAP_SYS_RESOURCE afterwards); `no_new_privs` before Landlock and seccomp because both
+//! require it without CAP_SYS_ADMIN; seccomp last so no earlier step can be refused by it.
+//!
+//! After `fork` the child runs only async-signal-safe system calls on data prepared before
+//! the fork: no allocation, no locks, no logging. A failing step writes `(step, errno)` to a
+//! close-on-exec pipe and exits 127; the executor reads that pipe until EOF, which comes
+//! either with those 8 bytes or with a successful exec.
+
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nox_protocol::Limits;
+use seccompiler::BpfProgram;
+use tokio::sync::oneshot;
+
+use super::reaper::{ExitReport, Reaper};
+use super::{SandboxError, Step};
+
+/// What to start, decided by the job runner.
+#[derive(Debug, Clone)]
+pub struct JobCommand {
+    /// Absolute path of the program.
+    pub program: PathBuf,
+    /// Arguments after argv\[0\] (argv\[0\] is the program path).
+    pub args: Vec<String>,
+    /// The whole environment of the job.
+    pub env: Vec<(String, String)>,
+    /// The job's working directory (its workspace).
+    pub workdir: PathBuf,
+    /// Bytes readable on descriptor 3 (the Python source), if any.
+    pub code: Option<Vec<u8>>,
+    pub limits: Limits,
+}
+
+/// Everything the child needs, prepared before the fork.
+pub struct ChildPlan<'a> {
+    pub program: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub workdir: OwnedFd,
+    pub code: Option<OwnedFd>,
+    pub rlimits: Vec<(RlimitResource, libc::rlimit)>,
+    /// `(uid, gid)` to switch to; `None` keeps the executor's own (not root).
+    pub identity: Option<(u32, u32)>,
+    pub landlock: Option<OwnedFd>,
+    pub seccomp: Option<&'a BpfProgram>,
+}
+
+/// `libc::setrlimit`'s resource type differs between libc flavours.
+#[cfg(target_env = "gnu")]
+pub type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+pub type RlimitResource = libc::c_int;
+
+/// A started job.
+#[derive(Debug)]
+pub struct SpawnedJob {
+    pub pid: i32,
+    /// Write end of the job's stdin.
+    pub stdin: OwnedFd,
+    /// Read ends of the job's stdout and stderr.
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub exit: oneshot::Receiver<ExitReport>,
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for ChildPlan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildPlan")
+            .field("program", &self.program)
+            .field("argv", &self.argv.len())
+            .field("identity", &self.identity)
+            .field("landlock", &self.landlock.is_some())
+            .field("seccomp", &self.seccomp.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn c_string(value: &[u8], what: &'static str) -> Result<CString, SandboxError> {
+    CString::new(value).map_err(|_| SandboxError::NulByte { what })
+}
+
+fn c_path(path: &Path, what: &'static str) -> Result<CString, SandboxError> {
+    c_string(path.as_os_str().as_bytes(), what)
+}
+
+/// The rlimits for `limits`, in the order they are applied.
+pub fn rlimits_for(limits: &Limits, process_allowance: u64) -> Vec<(RlimitResource, libc::rlimit)> {
+    let both = |value: u64| libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    vec![
+        // SIGXCPU at the soft limit, SIGKILL one second later at the hard limit.
+        (
+            libc::RLIMIT_CPU,
+            libc::rlimit {
+                rlim_cur: limits.cpu_seconds,
+                rlim_max: limits.cpu_seconds.saturating_add(1),
+            },
+        ),
+        (libc::RLIMIT_AS, both(limits.memory_bytes)),
+        (
+            libc::RLIMIT_NPROC,
+            both(limits.max_processes.saturating_add(process_allowance)),
+        ),
+        (libc::RLIMIT_FSIZE, both(limits.max_file_bytes)),
+        (libc::RLIMIT_NOFILE, both(limits.max_open_files)),
+        (libc::RLIMIT_CORE, both(0)),
+    ]
+}
+
+/// Build the child's argv and environment as C strings.
+pub fn command_strings(
+    command: &JobCommand,
+) -> Result<(CString, Vec<CString>, Vec<CString>), SandboxError> {
+    let program = c_path(&command.program, "program path")?;
+    let mut argv = vec![program.clone()];
+    for arg in &command.args {
+        argv.push(c_string(arg.as_bytes(), "command or code argument")?);
+    }
+    let mut envp = Vec::with_capacity(command.env.len());
+    for (key, value) in &command.env {
+        envp.push(c_string(
+            format!("{key}={value}").as_bytes(),
+            "environment",
+        )?);
+    }
+    Ok((program, argv, envp))
+}
+
+/// A pipe whose both ends are close-on-exec and numbered 4 or above, so that placing
+/// descriptors on 0–3 in the child never overwrites another one we still need.
+pub fn pipe_high() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((raise_fd(read)?, raise_fd(write)?))
+}
+
+/// Move a descriptor to number 4 or above (close-on-exec).
+pub fn raise_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= 4 {
+        return Ok(fd);
+    }
+    let raised = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(4))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raised) })
+}
+
+/// A memfd holding `bytes`, offset 0, close-on-exec.
+pub fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: the name is a valid NUL-terminated string; the flags are valid.
+    let raw = unsafe { libc::memfd_create(c"nox-code".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let fd = raise_fd(unsafe { OwnedFd::from_raw_fd(raw) })?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// Open a directory to `fchdir` into.
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    raise_fd(fd)
+}
+
+/// Fork and start the job described by `plan`. Blocking: returns once the child has
+/// exec'd (or failed to).
+pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, SandboxError> {
+    let (error_read, error_write) = pipe_high().map_err(SandboxError::Pipe)?;
+    let (stdin_read, stdin_write) = pipe_high().map_err(SandboxError::Pipe)?;
+    let (stdout_read, stdout_write) = pipe_high().map_err(SandboxError::Pipe)?;
+    let (stderr_read, stderr_write) = pipe_high().map_err(SandboxError::Pipe)?;
+    let argv_ptrs = null_terminated(&plan.argv);
+    let envp_ptrs = null_terminated(&plan.envp);
+    let raw = RawPlan {
+        program: plan.program.as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        envp: envp_ptrs.as_ptr(),
+        workdir: plan.workdir.as_raw_fd(),
+        stdin: stdin_read.as_raw_fd(),
+        stdout: stdout_write.as_raw_fd(),
+        stderr: stderr_write.as_raw_fd(),
+        code: plan.code.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+        rlimits: &plan.rlimits,
+        identity: plan.identity,
+        landlock: plan.landlock.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+        seccomp: plan.seccomp.map(|program| libc::sock_fprog {
+            // The filter is refused at compile time if longer than u16::MAX instructions.
+            #[allow(clippy::cast_possible_truncation)]
+            len: program.len() as u16,
+            filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+        }),
+        error_fd: error_write.as_raw_fd(),
+    };
+
+    let guard = reaper.lock_for_spawn();
+    let started = Instant::now();
+    // SAFETY: fork has no preconditions. The child branch calls only `child_main`, which
+    // uses async-signal-safe system calls on memory prepared above and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child; `raw` points into memory that the
+        // fork copied and that stays valid until exec or _exit.
+        unsafe { child_main(&raw) }
+    }
+    if pid < 0 {
+        return Err(SandboxError::Fork(io::Error::last_os_error()));
+    }
+    let exit = guard.watch(pid);
+
+    // The child's ends belong to the child now; closing ours lets EOF and EPIPE work.
+    drop((error_write, stdin_read, stdout_write, stderr_write));
+    drop((plan.code, plan.workdir, plan.landlock));
+    match read_setup_error(error_read) {
+        Ok(None) => Ok(SpawnedJob {
+            pid,
+            stdin: stdin_write,
+            stdout: stdout_read,
+            stderr: stderr_read,
+            exit,
+            started,
+        }),
+        Ok(Some((step, errno))) => Err(SandboxError::ChildSetup {
+            step,
+            source: io::Error::from_raw_os_error(errno),
+        }),
+        Err(error) => Err(SandboxError::Pipe(error)),
+    }
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Read the child's setup report: `None` if it exec'd, `(step, errno)` if a step failed.
+fn read_setup_error(pipe: OwnedFd) -> io::Result<Option<(Step, i32)>> {
+    let mut file = std::fs::File::from(pipe);
+    let mut buffer = [0u8; 8];
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match io::Read::read(&mut file, &mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    if filled == 0 {
+        return Ok(None);
+    }
+    let step = u32::from_le_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]);
+    let errno = i32::from_le_bytes([buffer[4], buffer[5], buffer[6], buffer[7]]);
+    Ok(Some((Step::from_code(step), errno)))
+}
+
+/// The prepared plan in raw form: only plain values and pointers, readable after fork.
+struct RawPlan<'a> {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    workdir: RawFd,
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    code: RawFd,
+    rlimits: &'a [(RlimitResource, libc::rlimit)],
+    identity: Option<(u32, u32)>,
+    landlock: RawFd,
+    seccomp: Option<libc::sock_fprog>,
+    error_fd: RawFd,
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// The child between fork and exec. Never returns.
+///
+/// # Safety
+///
+/// Must be called only in a child just created by `fork`, with `plan` pointing at memory
+/// valid in that child. Only async-signal-safe calls are made (signal-safety(7) plus raw
+/// system calls that take no locks in user space).
+unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
+    let fail = |step: Step| -> ! {
+        // SAFETY: errno is thread-local and readable at any time.
+        let errno = unsafe { *libc::__errno_location() };
+        let mut report = [0u8; 8];
+        report[..4].copy_from_slice(&(step as u32).to_le_bytes());
+        report[4..].copy_from_slice(&errno.to_le_bytes());
+        // SAFETY: writing 8 bytes from a stack buffer to a descriptor we own; then _exit,
+        // which is async-signal-safe and skips atexit handlers and stdio flushing.
+        unsafe {
+            libc::write(plan.error_fd, report.as_ptr().cast(), report.len());
+            libc::_exit(127)
+        }
+    };
+
+    // SAFETY: plain system calls on descriptors and memory this child owns, in the order
+    // the INVARIANT in the module docs gives; every pointer passed points into `plan` or
+    // into this stack frame, both valid until exec.
+    unsafe {
+        // Signals: an empty mask, and SIGPIPE back to default (Rust ignores it in the
+        // executor; an ignored disposition would survive exec and break `yes | head`).
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0
+            || libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR
+        {
+            fail(Step::Signals);
+        }
+        if libc::setpgid(0, 0) != 0 {
+            fail(Step::ProcessGroup);
+        }
+        if libc::dup2(plan.stdin, 0) < 0
+            || libc::dup2(plan.stdout, 1) < 0
+            || libc::dup2(plan.stderr, 2) < 0
+            || (plan.code >= 0 && libc::dup2(plan.code, 3) < 0)
+        {
+            fail(Step::Stdio);
+        }
+        let first_closed: libc::c_uint = if plan.code >= 0 { 4 } else { 3 };
+        if libc::syscall(
+            libc::SYS_close_range,
+            first_closed,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            fail(Step::CloseDescriptors);
+        }
+        for (resource, limit) in plan.rlimits {
+            if libc::setrlimit(*resource, limit) != 0 {
+                fail(Step::Rlimits);
+            }
+        }
+        if let Some((uid, gid)) = plan.identity {
+            if libc::setgroups(1, &gid) != 0 {
+                fail(Step::Groups);
+            }
+            if libc::setresgid(gid, gid, gid) != 0 {
+                fail(Step::Gid);
+            }
+            if libc::setresuid(uid, uid, uid) != 0 {
+                fail(Step::Uid);
+            }
+        }
+        if libc::fchdir(plan.workdir) != 0 {
+            fail(Step::WorkingDirectory);
+        }
+        // No capabilities in any set. Leaving root already emptied permitted and effective;
+        // ambient and inheritable are cleared explicitly (they survive a non-root setuid).
+        let ambient = libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [
+            CapData {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+            CapData {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+        ];
+        if (ambient != 0 && *libc::__errno_location() != libc::EINVAL)
+            || libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0
+        {
+            fail(Step::Capabilities);
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(Step::NoNewPrivs);
+        }
+        if plan.landlock >= 0
+            && libc::syscall(libc::SYS_landlock_restrict_self, plan.landlock, 0) != 0
+        {
+            fail(Step::Landlock);
+        }
+        if let Some(program) = &plan.seccomp
+            && libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                std::ptr::from_ref(program),
+            ) != 0
+        {
+            fail(Step::Seccomp);
+        }
+        libc::execve(plan.program, plan.argv, plan.envp);
+        fail(Step::Exec)
+    }
+}

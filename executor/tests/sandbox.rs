@@ -1,0 +1,401 @@
+//! The job runner and sandbox, driven directly (no sockets): each test runs real jobs and
+//! asserts what the kernel answered inside them.
+
+// An integration-test crate: every function here is test code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use nox_executor::ExecutorConfig;
+use nox_executor::job::JobRunner;
+use nox_executor::sandbox::JobIdentity;
+use nox_executor::workspace::Workspaces;
+use nox_protocol::{
+    ExitStatus, JobOutcome, JobSpec, LimitHit, LimitRequest, Program, Reply, Stream,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+struct Fixture {
+    runner: Arc<JobRunner>,
+    root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = dir.path().to_path_buf();
+        let mut config = ExecutorConfig {
+            state_dir: root.join("state"),
+            workspace_root: root.join("workspaces"),
+            max_concurrent_jobs: 8,
+            ..ExecutorConfig::default()
+        };
+        config.limits.output_kb = 64;
+        config.limits.timeout_s = 10.0;
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o711))
+            .unwrap();
+        let identity = JobIdentity::resolve(&config).unwrap();
+        let workspaces =
+            Arc::new(Workspaces::new(config.workspace_root.clone(), identity.owner()).unwrap());
+        let runner = Arc::new(JobRunner::new(&config, identity, workspaces).unwrap());
+        Fixture {
+            runner,
+            root,
+            _dir: dir,
+        }
+    })
+}
+
+struct Ran {
+    stdout: String,
+    stderr: String,
+    outcome: JobOutcome,
+}
+
+fn job(id: &str, program: Program, limits: LimitRequest) -> JobSpec {
+    JobSpec {
+        job_id: id.into(),
+        workspace: "default".into(),
+        program,
+        stdin: Vec::new(),
+        limits,
+    }
+}
+
+fn sh(command: &str) -> Program {
+    Program::Shell {
+        command: command.into(),
+    }
+}
+
+fn py(code: &str) -> Program {
+    Program::Python {
+        code: code.into(),
+        filename: "run.py".into(),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn run(spec: JobSpec) -> Ran {
+    let (tx, mut rx) = mpsc::channel(64);
+    let runner = Arc::clone(&fixture().runner);
+    let task = tokio::spawn(async move { runner.run(spec, tx, CancellationToken::new()).await });
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut outcome = None;
+    while let Some(reply) = rx.recv().await {
+        match reply {
+            Reply::Started(_) => {}
+            Reply::Output(chunk) => match chunk.stream {
+                Stream::Stdout => stdout.extend(chunk.data),
+                Stream::Stderr => stderr.extend(chunk.data),
+            },
+            Reply::Finished(done) => outcome = Some(done),
+            Reply::Error(error) => panic!("job refused: {error}"),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    task.await.unwrap();
+    Ran {
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        outcome: outcome.expect("no Finished reply"),
+    }
+}
+
+async fn shell(command: &str) -> Ran {
+    run(job(&unique("sh"), sh(command), LimitRequest::default())).await
+}
+
+#[tokio::test]
+async fn a_shell_job_runs_in_its_workspace_with_a_clean_environment() {
+    let ran = shell("echo hello; pwd; env | sort").await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(0), "{}", ran.stderr);
+    let mut lines = ran.stdout.lines();
+    assert_eq!(lines.next(), Some("hello"));
+    assert!(lines.next().unwrap().ends_with("/workspaces/default"));
+    let env: Vec<&str> = lines.map(|line| line.split('=').next().unwrap()).collect();
+    for name in &env {
+        assert!(
+            [
+                "HOME",
+                "LANG",
+                "NOX_JOB_ID",
+                "PATH",
+                "PWD",
+                "TMPDIR",
+                "SHLVL",
+                "_"
+            ]
+            .contains(name),
+            "unexpected variable {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_job_has_no_capabilities_no_new_privs_and_a_seccomp_filter() {
+    let ran =
+        shell("grep -E '^(Cap(Inh|Prm|Eff|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; id -u")
+            .await;
+    let status = ran.stdout;
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert!(
+            status.contains(&format!("{cap}:\t0000000000000000")),
+            "{status}"
+        );
+    }
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    if nix::unistd::geteuid().is_root() {
+        assert_ne!(status.lines().last(), Some("0"), "job ran as root");
+    }
+}
+
+#[tokio::test]
+async fn network_sockets_ptrace_setsid_and_namespaces_are_refused() {
+    let code = r#"
+import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def errno_of(rc):
+    return ctypes.get_errno() if rc == -1 else 0
+for family in (socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, socket.AF_PACKET):
+    try:
+        socket.socket(family, socket.SOCK_RAW if family == socket.AF_PACKET else socket.SOCK_STREAM if family != socket.AF_NETLINK else socket.SOCK_RAW)
+        print("socket", family, "allowed")
+    except PermissionError:
+        print("socket", family, "EPERM")
+print("unix", socket.socket(socket.AF_UNIX).family == socket.AF_UNIX)
+print("ptrace", errno_of(libc.ptrace(16, os.getppid(), 0, 0)))
+print("setsid", errno_of(libc.setsid()))
+print("unshare", errno_of(libc.unshare(0x40000000)))
+print("keyctl", errno_of(libc.syscall(250, 0, 0, 0, 0, 0)))
+print("io_uring", errno_of(libc.syscall(425, 8, 0)))
+print("clone3", errno_of(libc.syscall(435, 0, 0)))
+"#;
+    let ran = run(job(&unique("py"), py(code), LimitRequest::default())).await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(0), "{}", ran.stderr);
+    let out = ran.stdout;
+    assert_eq!(out.matches("EPERM").count(), 4, "{out}");
+    assert!(!out.contains("allowed"), "{out}");
+    assert!(out.contains("unix True"), "{out}");
+    for line in [
+        "ptrace 1",
+        "setsid 1",
+        "unshare 1",
+        "keyctl 1",
+        "io_uring 1",
+        "clone3 38",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in {out}");
+    }
+}
+
+#[tokio::test]
+async fn writes_outside_the_workspace_are_refused_and_inside_it_work() {
+    let root = fixture().root.display().to_string();
+    let ran = shell(&format!(
+        "for p in /tmp/x {root}/escape /etc/x {root}/state/x {root}/workspaces/other; do \
+           (echo x > $p) 2>/dev/null && echo \"wrote $p\"; done; \
+         echo ok > inside.txt && cat inside.txt; echo tmp > $TMPDIR/t && cat $TMPDIR/t; \
+         cat /etc/hostname > /dev/null && echo read-etc; echo devnull > /dev/null && echo dev-ok"
+    ))
+    .await;
+    assert!(!ran.stdout.contains("wrote"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("ok\ntmp\nread-etc\ndev-ok"),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+}
+
+#[tokio::test]
+async fn the_timeout_kills_the_job_and_every_process_it_forked() {
+    let marker = format!("{}.{}", 300 + std::process::id() % 100, std::process::id());
+    let spec = job(
+        &unique("timeout"),
+        sh(&format!(
+            "sleep {marker} & (sleep {marker} &) ; sleep {marker}"
+        )),
+        LimitRequest {
+            timeout_ms: Some(500),
+            ..LimitRequest::default()
+        },
+    );
+    let ran = run(spec).await;
+    assert!(ran.outcome.timed_out);
+    assert_eq!(ran.outcome.limit_hit, Some(LimitHit::Timeout));
+    assert_eq!(ran.outcome.status, ExitStatus::Signaled(9));
+    assert!(ran.outcome.duration_ms < 3_000);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&marker))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn background_processes_die_with_the_job() {
+    let marker = format!("{}.{}", 400 + std::process::id() % 100, std::process::id());
+    let ran = shell(&format!("sleep {marker} & echo started")).await;
+    assert_eq!(ran.stdout, "started\n");
+    assert!(ran.outcome.duration_ms < 3_000);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let found = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .any(|cmdline| String::from_utf8_lossy(&cmdline).contains(&marker));
+    assert!(!found);
+}
+
+#[tokio::test]
+async fn output_past_the_cap_is_truncated_flagged_and_stops_the_job() {
+    let ran = shell("yes nox").await;
+    assert!(ran.outcome.stdout_truncated);
+    assert_eq!(ran.outcome.limit_hit, Some(LimitHit::Output));
+    assert_eq!(ran.stdout.len(), 64 * 1024);
+    assert_eq!(ran.outcome.stdout_bytes, 64 * 1024);
+}
+
+#[tokio::test]
+async fn python_runs_the_code_under_its_file_name_and_reports_tracebacks_cleanly() {
+    let code = "import sys\nprint(sys.argv[0], __file__.endswith('/default/run.py'), __name__)\nraise ValueError('boom')\n";
+    let ran = run(job(&unique("py"), py(code), LimitRequest::default())).await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(1));
+    assert_eq!(ran.stdout, "run.py True __main__\n");
+    assert!(
+        ran.stderr
+            .starts_with("Traceback (most recent call last):\n  File \""),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr
+            .contains("run.py\", line 3, in <module>\n    raise ValueError('boom')"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stderr.contains("_nox_main"), "{}", ran.stderr);
+    assert!(ran.stderr.ends_with("ValueError: boom\n"));
+}
+
+#[tokio::test]
+async fn concurrent_python_jobs_with_the_same_file_name_each_run_their_own_code() {
+    let mut tasks = Vec::new();
+    for n in 0..16 {
+        let spec = job(
+            &unique("conc"),
+            py(&format!("import time\ntime.sleep(0.05)\nprint({n})")),
+            LimitRequest::default(),
+        );
+        tasks.push(tokio::spawn(async move { (n, run(spec).await) }));
+    }
+    for task in tasks {
+        let (n, ran) = task.await.unwrap();
+        assert_eq!(ran.stdout, format!("{n}\n"), "{}", ran.stderr);
+    }
+}
+
+#[tokio::test]
+async fn stdin_reaches_the_job() {
+    let mut spec = job(&unique("stdin"), sh("tr a-z A-Z"), LimitRequest::default());
+    spec.stdin = b"hello nox\n".to_vec();
+    assert_eq!(run(spec).await.stdout, "HELLO NOX\n");
+}
+
+#[tokio::test]
+async fn the_status_reports_every_layer() {
+    let status = fixture().runner.status();
+    assert!(status.ready, "{status:?}");
+    let active: Vec<&str> = status
+        .layers
+        .iter()
+        .filter(|layer| layer.active)
+        .map(|layer| layer.layer.name())
+        .collect();
+    for name in [
+        "seccomp",
+        "landlock",
+        "no_new_privs",
+        "rlimits",
+        "process_group",
+    ] {
+        assert!(active.contains(&name), "{name} not active: {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_required_layer_that_is_not_active_refuses_every_job() {
+    // Network isolation comes from the systemd unit; outside it this layer is inactive,
+    // which is exactly what a fail-closed configuration must catch.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = ExecutorConfig {
+        state_dir: dir.path().join("state"),
+        workspace_root: dir.path().join("workspaces"),
+        required_layers: vec!["seccomp".into(), "network_isolation".into()],
+        ..ExecutorConfig::default()
+    };
+    let identity = JobIdentity::resolve(&config).unwrap();
+    let workspaces =
+        Arc::new(Workspaces::new(config.workspace_root.clone(), identity.owner()).unwrap());
+    let runner = tokio::task::spawn_blocking(move || JobRunner::new(&config, identity, workspaces))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = runner.status();
+    let network = status
+        .layers
+        .iter()
+        .find(|layer| layer.layer == nox_protocol::Layer::NetworkIsolation)
+        .unwrap();
+    if network.active {
+        eprintln!("SKIP fail-closed check: this executor really has no network");
+        return;
+    }
+    assert!(!status.ready);
+    let (tx, mut rx) = mpsc::channel(8);
+    runner
+        .run(
+            job(
+                "refused",
+                sh("echo should-not-run"),
+                LimitRequest::default(),
+            ),
+            tx,
+            CancellationToken::new(),
+        )
+        .await;
+    match rx.recv().await {
+        Some(Reply::Error(error)) => {
+            assert_eq!(error.kind, nox_protocol::ErrorKind::SandboxUnavailable);
+            assert!(error.message().contains("network_isolation"), "{error}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
