@@ -1,1 +1,113 @@
-//! placeholder
+//! nox-frontend: the unprivileged HTTP half of nox.
+//!
+//! It authenticates every request (Bearer tokens, each mapped to a workspace), validates what
+//! it can cheaply (paths, sizes, JSON shape, a courtesy command denylist), and turns each HTTP
+//! request into a conversation with `nox-executor` over a Unix socket (see `nox_protocol`).
+//! It trusts the executor's replies only as far as their shape: any unexpected frame drops
+//! that executor connection and answers 502. It never sees job processes or workspace files;
+//! the executor is the authority on both.
+//!
+//! `main.rs` does only process-global steps (arguments, logging, socket adoption); [`run`]
+//! is what tests and `main` call.
+
+#![forbid(unsafe_code)]
+
+pub mod api_error;
+pub mod auth;
+mod body;
+pub mod config;
+pub mod denylist;
+pub mod dev;
+pub mod executor;
+mod files;
+mod health;
+mod jobs;
+pub mod random;
+mod routes;
+mod server;
+pub mod telemetry;
+pub mod uri;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::FrontendConfig;
+use nox_protocol::config::ConfigError;
+use thiserror::Error;
+
+/// Why the frontend could not serve.
+#[derive(Debug, Error)]
+pub enum FrontendError {
+    #[error("invalid frontend configuration")]
+    Config(#[source] ConfigError),
+    #[error("the listening socket has no usable address")]
+    ListenerAddress(#[source] std::io::Error),
+}
+
+/// Wait for SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the frontend");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Everything a request handler needs, shared by all connections.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub config: FrontendConfig,
+    pub tokens: auth::Tokens,
+    pub denylist: denylist::Denylist,
+    pub executor: executor::ExecutorClient,
+}
+
+/// Serve HTTP on `listener` until `shutdown` completes; then stop accepting, let requests
+/// in flight finish for up to `shutdown_grace_s`, and return.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: FrontendConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), FrontendError> {
+    let tokens = config.validate().map_err(FrontendError::Config)?;
+    for workspace in tokens.short_token_workspaces(config::SHORT_TOKEN_LEN) {
+        tracing::warn!(
+            workspace,
+            "an API token is shorter than {} characters; use a long random token",
+            config::SHORT_TOKEN_LEN
+        );
+    }
+    let address = listener
+        .local_addr()
+        .map_err(FrontendError::ListenerAddress)?;
+    let executor = executor::ExecutorClient::new(
+        config.executor_socket.clone(),
+        Duration::from_millis(config.executor_connect_timeout_ms),
+    );
+    let state = Arc::new(AppState {
+        denylist: denylist::Denylist::new(&config.forbidden_commands),
+        tokens,
+        executor,
+        config,
+    });
+    tracing::info!(
+        %address,
+        executor_socket = %state.config.executor_socket.display(),
+        tokens = state.tokens.len(),
+        "nox-frontend listening"
+    );
+    server::serve(listener, state, shutdown).await;
+    Ok(())
+}
