@@ -199,9 +199,14 @@ mod tests {
     #[test]
     fn truncated_frames_wait_for_more_and_garbage_is_refused() {
         let mut full = BytesMut::new();
-        FrontendCodec::new().encode(Request::Status, &mut full).unwrap();
+        FrontendCodec::new()
+            .encode(Request::Status, &mut full)
+            .unwrap();
         for cut in 0..full.len() {
-            assert!(decode_request(&full[..cut]).unwrap().is_none(), "cut at {cut}");
+            assert!(
+                decode_request(&full[..cut]).unwrap().is_none(),
+                "cut at {cut}"
+            );
         }
         // An unknown variant, a valid variant followed by trailing bytes, random bytes.
         assert!(decode_request(&[0, 0, 0, 4, 99, 0, 0, 0]).is_err());
@@ -386,23 +391,21 @@ mod tests {
             (any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()),
         )
             .prop_map(
-                |(job_id, status, timed_out, limit_hit, duration_ms, usage, output)| {
-                    JobOutcome {
-                        job_id,
-                        status,
-                        timed_out,
-                        limit_hit,
-                        duration_ms,
-                        usage: ResourceUsage {
-                            user_ms: usage.0,
-                            system_ms: usage.1,
-                            max_rss_kib: usage.2,
-                        },
-                        stdout_bytes: output.0,
-                        stderr_bytes: output.1,
-                        stdout_truncated: output.2,
-                        stderr_truncated: output.3,
-                    }
+                |(job_id, status, timed_out, limit_hit, duration_ms, usage, output)| JobOutcome {
+                    job_id,
+                    status,
+                    timed_out,
+                    limit_hit,
+                    duration_ms,
+                    usage: ResourceUsage {
+                        user_ms: usage.0,
+                        system_ms: usage.1,
+                        max_rss_kib: usage.2,
+                    },
+                    stdout_bytes: output.0,
+                    stderr_bytes: output.1,
+                    stdout_truncated: output.2,
+                    stderr_truncated: output.3,
                 },
             )
     }
@@ -436,13 +439,15 @@ mod tests {
         prop_oneof![
             (any::<u32>(), any::<String>())
                 .prop_map(|(version, software)| Reply::Hello(Hello { version, software })),
-            (any::<String>(), any::<u64>(), arb_limits()).prop_map(|(job_id, queued_ms, limits)| {
-                Reply::Started(JobStarted {
-                    job_id,
-                    queued_ms,
-                    limits,
-                })
-            }),
+            (any::<String>(), any::<u64>(), arb_limits()).prop_map(
+                |(job_id, queued_ms, limits)| {
+                    Reply::Started(JobStarted {
+                        job_id,
+                        queued_ms,
+                        limits,
+                    })
+                }
+            ),
             (any::<bool>(), arb_bytes()).prop_map(|(err, data)| Reply::Output(OutputChunk {
                 stream: if err { Stream::Stderr } else { Stream::Stdout },
                 data
@@ -479,7 +484,10 @@ mod tests {
                 .prop_map(|(entries, truncated)| Reply::Listing(Listing { entries, truncated })),
             (any::<String>(), any::<String>())
                 .prop_map(|(workspace, path)| Reply::Deleted(FileRef { workspace, path })),
-            (arb_error_kind(), proptest::collection::vec(any::<String>(), 0..3))
+            (
+                arb_error_kind(),
+                proptest::collection::vec(any::<String>(), 0..3)
+            )
                 .prop_map(|(kind, chain)| Reply::Error(WireError { kind, chain })),
         ]
     }

@@ -137,6 +137,8 @@ pub fn require_absolute(key: &str, path: &Path) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
+// figment's `Jail` closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use figment::Jail;
 
@@ -195,13 +197,13 @@ mod tests {
             jail.create_file("nox.toml", "[frontend]\nprot = 1\n")?;
             let file = ConfigFile::Exact("nox.toml".into());
             let error = load("frontend", &file, front_defaults()).unwrap_err();
-            assert!(format!("{:?}", error).contains("prot"), "{error:?}");
+            assert!(format!("{error:?}").contains("prot"), "{error:?}");
             Ok(())
         });
         Jail::expect_with(|jail| {
             jail.set_env("NOX_LISTN", "x");
             let error = load("frontend", &ConfigFile::None, front_defaults()).unwrap_err();
-            assert!(format!("{:?}", error).contains("listn"), "{error:?}");
+            assert!(format!("{error:?}").contains("listn"), "{error:?}");
             Ok(())
         });
     }
@@ -211,7 +213,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("NOX_PORT", "lots");
             let error = load("frontend", &ConfigFile::None, front_defaults()).unwrap_err();
-            let text = format!("{:?}", error);
+            let text = format!("{error:?}");
             assert!(text.contains("port"), "{text}");
             Ok(())
         });

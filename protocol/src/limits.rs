@@ -53,7 +53,10 @@ impl Limits {
     /// and never below a floor that keeps an interpreter able to start at all.
     pub fn clamp(&self, request: &LimitRequest) -> Limits {
         let pick = |asked: Option<u64>, ceiling: u64, floor: u64| {
-            asked.unwrap_or(ceiling).min(ceiling).max(floor.min(ceiling))
+            asked
+                .unwrap_or(ceiling)
+                .min(ceiling)
+                .max(floor.min(ceiling))
         };
         Limits {
             timeout_ms: pick(request.timeout_ms, self.timeout_ms, 1),

@@ -151,10 +151,7 @@ mod tests {
             RelPath::parse(&"a".repeat(300)),
             Err(PathError::ComponentTooLong)
         );
-        assert_eq!(
-            RelPath::parse(&"a/".repeat(600)),
-            Err(PathError::TooLong)
-        );
+        assert_eq!(RelPath::parse(&"a/".repeat(600)), Err(PathError::TooLong));
     }
 
     #[test]
