@@ -1,6 +1,7 @@
 //! `nox-frontend dev`: the one command that runs nox for development, without systemd.
 //!
-//! It keeps its state in `$XDG_STATE_HOME/nox` (or `~/.local/state/nox`, mode 0700): a
+//! It keeps its state in `$XDG_STATE_HOME/nox` (or `~/.local/state/nox`, mode 0700; as root
+//! without `XDG_STATE_HOME`, `/var/lib/nox-dev`, which the sandbox user can traverse): a
 //! generated token (`dev-token`, 0600, reused across runs), the executor socket and the
 //! workspaces. It binds the executor socket itself and hands it to `nox-executor` (found next
 //! to this binary) the way systemd would — as fd 3 with `LISTEN_PID`/`LISTEN_FDS`/
@@ -70,6 +71,9 @@ pub enum DevError {
     #[error("the frontend failed")]
     Frontend(#[source] FrontendError),
 }
+
+/// The development state directory when run as root without `XDG_STATE_HOME`.
+const ROOT_STATE_DIR: &str = "/var/lib/nox-dev";
 
 /// `$XDG_STATE_HOME/nox`, else `$HOME/.local/state/nox` (relative values are ignored, as
 /// the XDG specification asks).
@@ -231,15 +235,19 @@ async fn terminate(child: &mut tokio::process::Child) {
 
 /// Run nox for development until Ctrl-C or SIGTERM.
 pub async fn run() -> Result<(), DevError> {
-    let state_dir = state_dir_from(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
-        .ok_or(DevError::NoStateHome)?;
+    let as_root = nix::unistd::geteuid().is_root();
+    // As root the jobs run as the sandbox user, who cannot pass through /root (0700):
+    // keep the state where that user can reach it, unless told otherwise.
+    let state_dir = match std::env::var_os("XDG_STATE_HOME") {
+        None if as_root => PathBuf::from(ROOT_STATE_DIR),
+        xdg => state_dir_from(xdg, std::env::var_os("HOME")).ok_or(DevError::NoStateHome)?,
+    };
     let program = std::env::current_exe()
         .map_err(DevError::CurrentExe)?
         .with_file_name("nox-executor");
     if !program.is_file() {
         return Err(DevError::ExecutorMissing { path: program });
     }
-    let as_root = nix::unistd::geteuid().is_root();
     prepare_state_dir(&state_dir, as_root)?;
     if as_root {
         tracing::warn!(

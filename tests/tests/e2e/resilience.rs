@@ -1,0 +1,192 @@
+//! Failures around the daemons: the executor dying and coming back, and garbage sent
+//! straight to the executor's socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nox_e2e::Nox;
+use nox_protocol::codec::{decode_payload, encode_payload};
+use nox_protocol::{ErrorKind, Hello, Reply, Request};
+use serde_json::json;
+
+#[test]
+fn a_dead_executor_gives_a_quick_503_and_a_restarted_one_serves_again() {
+    let nox = Nox::start_default();
+    assert_eq!(nox.run_sh("echo before")["stdout"], "before\n");
+
+    nox.kill_executor();
+    let started = Instant::now();
+    let health = nox.client().health();
+    let body = health.expect_error(503, "executor_unavailable");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    let reply = nox
+        .client()
+        .post_json("/run_sh", &json!({ "cmd": "echo while-dead" }));
+    reply.expect_error(503, "executor_unavailable");
+    let reply = nox.request("GET", "/files", &[], None);
+    reply.expect_error(503, "executor_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "503s took {:?}",
+        started.elapsed()
+    );
+
+    nox.restart_executor();
+    let body = nox.client().health().expect_json(200);
+    assert_eq!(body["executor"]["reachable"], true, "{body}");
+    assert_eq!(nox.run_sh("echo after")["stdout"], "after\n");
+}
+
+/// Writes `bytes` on a fresh connection to the executor's socket, then reads until the
+/// executor closes it (or `within` passes). Returns what came back and whether it closed.
+fn send_raw(nox: &Nox, bytes: &[u8], within: Duration) -> (Vec<u8>, bool) {
+    let mut stream =
+        UnixStream::connect(nox.executor_socket()).expect("connect to the executor socket");
+    stream.set_read_timeout(Some(within)).expect("read timeout");
+    // The executor may close before reading everything; a failed write is fine.
+    let _ = stream.write_all(bytes);
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return (received, true),
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (received, true);
+            }
+            Err(_) => return (received, false),
+        }
+        if Instant::now() >= deadline {
+            return (received, false);
+        }
+    }
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut bytes = u32::try_from(payload.len())
+        .expect("small")
+        .to_be_bytes()
+        .to_vec();
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+fn hello(version: u32) -> Vec<u8> {
+    frame(
+        &encode_payload(&Request::Hello(Hello {
+            version,
+            software: "nox-e2e".into(),
+        }))
+        .expect("encode"),
+    )
+}
+
+/// The replies in `bytes`, decoded frame by frame.
+fn replies(mut bytes: &[u8]) -> Vec<Reply> {
+    let mut out = Vec::new();
+    while bytes.len() >= 4 {
+        let length = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let Some(payload) = bytes.get(4..4 + length) else {
+            break;
+        };
+        out.push(decode_payload(payload).expect("the executor sends well-formed frames"));
+        bytes = &bytes[4 + length..];
+    }
+    out
+}
+
+#[test]
+fn malformed_frames_on_the_executor_socket_drop_only_that_connection() {
+    let nox = Nox::start_default();
+    let executor = nox.executor_pid().expect("the executor runs");
+    // A Hello whose string claims a 2^40-byte string: bincode without a limit would try to
+    // allocate a terabyte.
+    let mut huge_string = vec![0, 0, 0, 0, 1, 0, 0, 0];
+    huge_string.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    let run_first = frame(&encode_payload(&Request::Status).expect("encode"));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a short garbage frame", b"\x00\x00\x00\x05garbage".to_vec()),
+        (
+            "a 4 GiB length prefix",
+            b"\xff\xff\xff\xff\x00\x01\x02\x03".to_vec(),
+        ),
+        ("a length just over the maximum", {
+            let mut bytes = u32::try_from(nox_protocol::MAX_FRAME_LEN + 1)
+                .expect("fits")
+                .to_be_bytes()
+                .to_vec();
+            bytes.extend_from_slice(&[0; 64]);
+            bytes
+        }),
+        ("a frame claiming a huge string", frame(&huge_string)),
+        ("an unknown variant", frame(&[99, 0, 0, 0])),
+        ("a request before the hello", run_first),
+        (
+            "a hello then garbage",
+            [hello(nox_protocol::PROTOCOL_VERSION), frame(b"\x07garbage")].concat(),
+        ),
+        ("plain text", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+    ];
+    let mut wrong = Vec::new();
+    for (what, bytes) in cases {
+        let (_, closed) = send_raw(&nox, &bytes, Duration::from_secs(5));
+        if !closed {
+            wrong.push(format!("{what}: the connection stayed open"));
+        }
+        if nox.executor_pid() != Some(executor) {
+            panic!("the executor died after {what}\n{}", nox.logs());
+        }
+    }
+    // A connection that stalls half-way through a frame must not block anyone else.
+    let mut stalled = UnixStream::connect(nox.executor_socket()).expect("connect");
+    stalled
+        .write_all(&[0, 0])
+        .expect("write half a length prefix");
+
+    let reply = nox.run_sh("echo still-serving");
+    assert_eq!(reply["stdout"], "still-serving\n", "{reply}");
+    nox.client().health().expect_json(200);
+    drop(stalled);
+    assert!(
+        wrong.is_empty(),
+        "malformed frames must end their connection:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn a_hello_with_another_protocol_version_gets_a_clear_error_and_the_connection_closes() {
+    let nox = Nox::start_default();
+    let (bytes, closed) = send_raw(
+        &nox,
+        &hello(nox_protocol::PROTOCOL_VERSION + 41),
+        Duration::from_secs(5),
+    );
+    assert!(closed, "the connection stayed open");
+    let got = replies(&bytes);
+    assert!(
+        matches!(got.first(), Some(Reply::Error(error)) if error.kind == ErrorKind::ProtocolMismatch),
+        "expected Error(ProtocolMismatch), got {got:?}"
+    );
+    // And the right version is greeted back.
+    let mut stream = UnixStream::connect(nox.executor_socket()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(&hello(nox_protocol::PROTOCOL_VERSION))
+        .expect("write hello");
+    let mut prefix = [0u8; 4];
+    stream
+        .read_exact(&mut prefix)
+        .expect("the executor answers a hello");
+    let mut payload = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    stream.read_exact(&mut payload).expect("the whole hello");
+    let reply: Reply = decode_payload(&payload).expect("a reply");
+    assert!(
+        matches!(reply, Reply::Hello(ref hello) if hello.version == nox_protocol::PROTOCOL_VERSION),
+        "{reply:?}"
+    );
+}

@@ -1,0 +1,308 @@
+//! The sandbox, as the kernel reports it from inside a job: no capabilities, no_new_privs,
+//! seccomp, Landlock, the sandbox uid, a clean environment, no inherited descriptors.
+
+use std::fs;
+
+use nox_e2e::{Nox, skip_unless_root, unique};
+use serde_json::Value;
+
+fn stdout(reply: &Value) -> &str {
+    reply["stdout"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn a_job_has_no_capabilities_no_new_privs_and_a_seccomp_filter() {
+    let reply = Nox::shared().run_sh("cat /proc/self/status");
+    assert_eq!(reply["returncode"], 0, "{reply}");
+    let status = stdout(&reply);
+    for line in [
+        "CapInh:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "CapAmb:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ] {
+        assert!(
+            status.lines().any(|l| l == line),
+            "missing `{line}` in the job's /proc/self/status:\n{status}"
+        );
+    }
+}
+
+#[test]
+fn a_job_run_by_root_runs_as_the_sandbox_user() {
+    if skip_unless_root("a_job_run_by_root_runs_as_the_sandbox_user") {
+        return;
+    }
+    let expected = nix::unistd::User::from_name("nox-sandbox")
+        .expect("read the user database")
+        .expect("user nox-sandbox exists (test.sh creates it)");
+    let reply = Nox::shared().run_sh("id -u; id -g; id -G");
+    let out = stdout(&reply);
+    let mut lines = out.lines();
+    let uid = lines.next().unwrap_or_default();
+    assert_ne!(uid, "0", "the job runs as root: {reply}");
+    assert_eq!(uid, expected.uid.to_string(), "{reply}");
+    assert_ne!(lines.next(), Some("0"), "the job's gid is root's: {reply}");
+    let groups = lines.next().unwrap_or_default();
+    assert!(
+        !groups.split_whitespace().any(|g| g == "0"),
+        "the job keeps root's group: {reply}"
+    );
+}
+
+#[test]
+fn a_job_cannot_signal_the_executor() {
+    if skip_unless_root("a_job_cannot_signal_the_executor") {
+        return;
+    }
+    let nox = Nox::shared();
+    let pid = nox.executor_pid().expect("the executor runs");
+    // `kill` is on the frontend's denylist: ask from Python.
+    let reply = nox.run_py(&format!(
+        "import os\ntry:\n    os.kill({pid}, 0)\n    print('REACHED')\nexcept PermissionError:\n    print('EPERM')\n"
+    ));
+    assert_eq!(stdout(&reply), "EPERM\n", "{reply}");
+}
+
+#[test]
+fn network_sockets_are_refused_inside_a_job() {
+    let code = r#"
+import socket
+for name, family, kind in [
+    ("inet", socket.AF_INET, socket.SOCK_STREAM),
+    ("inet-udp", socket.AF_INET, socket.SOCK_DGRAM),
+    ("inet6", socket.AF_INET6, socket.SOCK_STREAM),
+    ("netlink", socket.AF_NETLINK, socket.SOCK_RAW),
+    ("packet", getattr(socket, "AF_PACKET", 17), socket.SOCK_RAW),
+]:
+    try:
+        socket.socket(family, kind).close()
+        print(name, "ALLOWED")
+    except PermissionError as e:
+        print(name, "EPERM" if e.errno == 1 else e.errno)
+    except OSError as e:
+        print(name, "errno", e.errno)
+try:
+    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()
+    print("unix ALLOWED")
+except OSError as e:
+    print("unix errno", e.errno)
+"#;
+    let reply = Nox::shared().run_py(code);
+    let expected =
+        "inet EPERM\ninet-udp EPERM\ninet6 EPERM\nnetlink EPERM\npacket EPERM\nunix ALLOWED\n";
+    assert_eq!(stdout(&reply), expected, "{reply}");
+}
+
+#[test]
+fn socket_socket_raises_permission_error() {
+    let reply = Nox::shared().run_py("import socket\nsocket.socket()\n");
+    assert_ne!(reply["returncode"], 0, "{reply}");
+    assert!(
+        reply["stderr"]
+            .as_str()
+            .is_some_and(|e| e.contains("PermissionError")),
+        "{reply}"
+    );
+}
+
+#[test]
+fn ptrace_setsid_and_setpgid_are_refused() {
+    let code = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+print("ptrace", libc.ptrace(0, 0, 0, 0), ctypes.get_errno())
+# A group leader may never call setsid; try both in a child that is not one.
+for name, call in [("setsid", os.setsid), ("setpgid", lambda: os.setpgid(0, 0))]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            call()
+            os._exit(0)
+        except OSError as e:
+            os._exit(e.errno)
+    _, status = os.waitpid(pid, 0)
+    print(name, os.waitstatus_to_exitcode(status))
+"#;
+    let reply = Nox::shared().run_py(code);
+    assert_eq!(
+        stdout(&reply),
+        "ptrace -1 1\nsetsid 1\nsetpgid 1\n",
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_job_cannot_write_outside_its_workspace() {
+    let nox = Nox::shared();
+    let name = unique("escape");
+    let targets = [
+        format!("/tmp/{name}"),
+        format!("/var/tmp/{name}"),
+        format!("/dev/shm/{name}"),
+        format!("/etc/{name}"),
+        format!("/var/lib/{name}"),
+        nox.dir().join(&name).display().to_string(),
+        nox.workspace_root().join(&name).display().to_string(),
+        nox.state_dir().join(&name).display().to_string(),
+        format!("../{name}"),
+    ];
+    let script: String = targets
+        .iter()
+        .map(|target| format!("(echo x > '{target}') 2>/dev/null && echo 'WROTE {target}'\n"))
+        .collect();
+    let reply = nox.run_sh(&format!("{script}echo ok > inside.txt && echo inside-ok"));
+    let mut wrong: Vec<String> = stdout(&reply)
+        .lines()
+        .filter(|l| l.starts_with("WROTE"))
+        .map(str::to_owned)
+        .collect();
+    for target in &targets {
+        let path = if target.starts_with('/') {
+            std::path::PathBuf::from(target)
+        } else {
+            nox.workspace("default").join(target)
+        };
+        if path.exists() {
+            wrong.push(format!("{} exists", path.display()));
+            let _ = fs::remove_file(&path);
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the job wrote outside its workspace:\n{}",
+        wrong.join("\n")
+    );
+    assert!(
+        stdout(&reply).ends_with("inside-ok\n"),
+        "the job can still write its workspace: {reply}"
+    );
+}
+
+#[test]
+fn a_job_cannot_read_the_state_directory_root_or_home() {
+    let nox = Nox::shared();
+    let probe = unique("state-probe");
+    fs::write(nox.state_dir().join(&probe), "state secret").expect("write a file in the state dir");
+    let reply = nox.run_sh(&format!(
+        "cat '{state}/{probe}' 2>/dev/null && echo READ-STATE; ls '{state}' >/dev/null 2>&1 && echo LISTED-STATE; ls /root >/dev/null 2>&1 && echo LISTED-ROOT; echo end",
+        state = nox.state_dir().display()
+    ));
+    let _ = fs::remove_file(nox.state_dir().join(&probe));
+    assert_eq!(stdout(&reply), "end\n", "{reply}");
+}
+
+#[test]
+fn a_job_can_read_the_system_but_not_change_it() {
+    let reply = Nox::shared().run_sh("head -c 5 /etc/passwd; echo; /usr/bin/python3 -c 'print(1)'; touch /usr/bin/x 2>/dev/null && echo TOUCHED; echo end");
+    assert_eq!(stdout(&reply), "root:\n1\nend\n", "{reply}");
+}
+
+#[test]
+fn the_environment_is_cleared_and_tmpdir_is_private_and_writable() {
+    let nox = Nox::shared();
+    let reply = nox.run_sh("env; echo ---; echo scratch > \"$TMPDIR/x\" && cat \"$TMPDIR/x\"");
+    let out = stdout(&reply);
+    let (env, rest) = out.split_once("---\n").unwrap_or((out, ""));
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    for leaked in [
+        "NOX_API_TOKEN",
+        "NOX_SANDBOX",
+        "NOX_EXECUTOR__STATE_DIR",
+        "NOX_LOG",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+    ] {
+        assert!(
+            !names.contains(&leaked),
+            "{leaked} leaked into the job's environment:\n{env}"
+        );
+    }
+    assert!(
+        !env.contains(nox.token()),
+        "the API token is visible to the job:\n{env}"
+    );
+    assert!(names.contains(&"TMPDIR"), "TMPDIR is set:\n{env}");
+    assert!(names.contains(&"PATH"), "PATH is set:\n{env}");
+    assert_eq!(rest, "scratch\n", "TMPDIR is writable: {reply}");
+    let tmpdir = env
+        .lines()
+        .find_map(|l| l.strip_prefix("TMPDIR="))
+        .unwrap_or_default();
+    assert!(
+        tmpdir != "/tmp" && tmpdir != "/var/tmp",
+        "TMPDIR={tmpdir} is a shared directory"
+    );
+    let other = nox.run_sh("echo \"$TMPDIR\"");
+    assert_ne!(stdout(&other).trim(), tmpdir, "two jobs share a TMPDIR");
+}
+
+#[test]
+fn a_job_inherits_no_descriptor_but_stdin_stdout_and_stderr() {
+    let code = r#"
+import os
+fds = []
+for fd in range(3, 1024):
+    try:
+        os.fstat(fd)
+        fds.append((fd, os.readlink(f"/proc/self/fd/{fd}")))
+    except OSError:
+        pass
+print(fds)
+"#;
+    let reply = Nox::shared().run_py(code);
+    assert_eq!(
+        stdout(&reply),
+        "[]\n",
+        "descriptors beyond 0-2 are open in the job: {reply}"
+    );
+}
+
+#[test]
+fn rlimits_are_applied_to_the_job() {
+    let nox = Nox::shared();
+    let reply = nox.client().run(
+        "/run_sh",
+        &serde_json::json!({ "cmd": "cat /proc/self/limits", "limits": { "cpu_s": 5, "open_files": 64, "file_size_mb": 1, "processes": 48, "memory_mb": 256 } }),
+    );
+    let limits = stdout(&reply);
+    assert_eq!(reply["returncode"], 0, "{reply}");
+    // `Max cpu time   5   5   seconds`: the name, then the soft and hard values.
+    let soft_and_hard = |name: &str| -> Option<(String, String)> {
+        let rest = limits.lines().find_map(|line| line.strip_prefix(name))?;
+        let mut words = rest.split_whitespace();
+        Some((words.next()?.to_owned(), words.next()?.to_owned()))
+    };
+    for (name, value) in [
+        ("Max cpu time", "5"),
+        ("Max open files", "64"),
+        ("Max file size", "1048576"),
+        ("Max processes", "48"),
+        ("Max core file size", "0"),
+        ("Max address space", "268435456"),
+    ] {
+        let (soft, hard) = soft_and_hard(name).unwrap_or_default();
+        if name == "Max processes" && !nox_e2e::is_root() {
+            // Jobs sharing the invoking user's uid get that user's existing processes on top.
+            assert!(soft.parse::<u64>().is_ok_and(|n| n >= 48), "{limits}");
+            continue;
+        }
+        assert_eq!(
+            soft, value,
+            "{name} in the job's /proc/self/limits:\n{limits}"
+        );
+        // The hard CPU limit may sit a second above the soft one (SIGXCPU, then SIGKILL).
+        let hard_ok =
+            hard == value || (name == "Max cpu time" && hard.parse::<u64>().is_ok_and(|h| h <= 6));
+        assert!(
+            hard_ok,
+            "{name} hard limit {hard} in the job's /proc/self/limits:\n{limits}"
+        );
+    }
+}
