@@ -28,6 +28,9 @@ pub struct ExecutorConfig {
     pub sandbox_user: String,
     /// The interpreter for Python jobs, by absolute path (never looked up on PATH).
     pub python: PathBuf,
+    /// How Python jobs start: `zygote` (forked from a warm interpreter, every per-job layer
+    /// applied in the fork) or `cold` (a fresh interpreter per job).
+    pub python_mode: PythonMode,
     /// The shell for shell jobs, by absolute path.
     pub shell: PathBuf,
     /// `PATH` given to jobs.
@@ -42,6 +45,16 @@ pub struct ExecutorConfig {
     pub required_layers: Vec<String>,
     /// Ceilings for every job's limits.
     pub limits: LimitsConfig,
+}
+
+/// How Python jobs start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PythonMode {
+    /// Forked from a pre-started interpreter: a few milliseconds instead of ~15.
+    Zygote,
+    /// A new interpreter per job.
+    Cold,
 }
 
 /// `[executor.limits]`: ceilings, in the units operators think in.
@@ -101,6 +114,7 @@ impl Default for ExecutorConfig {
             allowed_groups: vec!["nox".into()],
             sandbox_user: "nox-sandbox".into(),
             python: "/usr/bin/python3".into(),
+            python_mode: PythonMode::Zygote,
             shell: "/bin/sh".into(),
             job_path: "/usr/local/bin:/usr/bin:/bin".into(),
             extra_read_paths: Vec::new(),

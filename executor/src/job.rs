@@ -24,9 +24,10 @@ use tokio::net::unix::pipe;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ExecutorConfig;
+use crate::config::{ExecutorConfig, PythonMode};
 use crate::sandbox::reaper::ExitReport;
 use crate::sandbox::spawn::JobCommand;
+use crate::sandbox::zygote::WarmPython;
 use crate::sandbox::{JobIdentity, Sandbox, SandboxError, error_chain};
 use crate::workspace::{WorkspaceError, Workspaces};
 
@@ -97,7 +98,11 @@ impl JobError {
             JobError::Busy(_) => ErrorKind::Busy,
             JobError::SandboxUnavailable(_) => ErrorKind::SandboxUnavailable,
             JobError::Workspace(error) => error.kind(),
-            JobError::Sandbox(SandboxError::ChildSetup { .. }) => ErrorKind::SandboxUnavailable,
+            JobError::Sandbox(
+                SandboxError::ChildSetup { .. }
+                | SandboxError::ZygoteSetup { .. }
+                | SandboxError::Zygote(_),
+            ) => ErrorKind::SandboxUnavailable,
             JobError::Sandbox(_) | JobError::Scratch { .. } | JobError::Task(_) => {
                 ErrorKind::Internal
             }
@@ -350,12 +355,35 @@ impl JobRunner {
     ) -> Result<(), JobError> {
         let sandbox = Arc::clone(&self.sandbox);
         let writable = [workdir.to_path_buf(), scratch.to_path_buf()];
+        let warm = match &spec.program {
+            Program::Python { filename, .. } if self.config.python_mode == PythonMode::Zygote => {
+                Some((
+                    workdir.join(filename).display().to_string(),
+                    filename.clone(),
+                ))
+            }
+            _ => None,
+        };
         let spawned = tokio::task::spawn_blocking(move || {
             let writable: Vec<&Path> = writable.iter().map(PathBuf::as_path).collect();
-            sandbox.spawn(&command, &writable)
+            match &warm {
+                Some((display, filename)) => {
+                    let job = WarmPython {
+                        display,
+                        filename,
+                        code: command.code.as_deref().unwrap_or_default(),
+                        env: &command.env,
+                        workdir: &command.workdir,
+                        limits: &command.limits,
+                    };
+                    sandbox.spawn_warm_python(&job, &writable)
+                }
+                None => sandbox.spawn(&command, &writable),
+            }
         })
         .await??;
         let pid = spawned.pid;
+        let zygote = spawned.zygote.clone();
         let started = spawned.started;
         let deadline =
             tokio::time::Instant::from_std(started) + Duration::from_millis(limits.timeout_ms);
@@ -371,7 +399,7 @@ impl JobRunner {
         let stdout = pipe::Receiver::from_owned_fd(spawned.stdout);
         let stderr = pipe::Receiver::from_owned_fd(spawned.stderr);
         let (Ok(mut stdout), Ok(mut stderr)) = (stdout, stderr) else {
-            self.sandbox.kill(pid);
+            self.sandbox.kill(pid, zygote.as_ref());
             return Err(JobError::Sandbox(SandboxError::Pipe(
                 std::io::Error::other("could not register the job's output pipes"),
             )));
@@ -385,7 +413,7 @@ impl JobRunner {
         });
         if replies.send(started_reply).await.is_err() {
             watch.cancelled = true;
-            self.sandbox.kill(pid);
+            self.sandbox.kill(pid, zygote.as_ref());
         }
 
         let mut exit = spawned.exit;
@@ -415,11 +443,11 @@ impl JobRunner {
                 }
                 () = &mut timeout, if report.is_none() && !watch.timed_out => {
                     watch.timed_out = true;
-                    self.sandbox.kill(pid);
+                    self.sandbox.kill(pid, zygote.as_ref());
                 }
                 () = cancel.cancelled(), if !watch.cancelled => {
                     watch.cancelled = true;
-                    self.sandbox.kill(pid);
+                    self.sandbox.kill(pid, zygote.as_ref());
                 }
                 () = &mut drain, if report.is_some() => break,
             }
@@ -436,12 +464,12 @@ impl JobRunner {
                     });
                     if replies.send(reply).await.is_err() {
                         watch.cancelled = true;
-                        self.sandbox.kill(pid);
+                        self.sandbox.kill(pid, zygote.as_ref());
                     }
                 }
                 if over_cap && !watch.output_hit {
                     watch.output_hit = true;
-                    self.sandbox.kill(pid);
+                    self.sandbox.kill(pid, zygote.as_ref());
                 }
             }
         }
@@ -526,11 +554,7 @@ impl Watch {
         limits: &Limits,
     ) -> JobOutcome {
         let (status, usage, ended) = match report {
-            Some(Ok(report)) => (
-                exit_status(report.status),
-                usage_of(&report.rusage),
-                report.at,
-            ),
+            Some(Ok(report)) => (exit_status(report.status), report.usage, report.at),
             // The reaper lost track of the job (it cannot happen without a bug): report it
             // as killed rather than invent an exit code.
             _ => (
@@ -620,18 +644,6 @@ fn exit_status(raw: i32) -> ExitStatus {
         ExitStatus::Signaled(libc::WTERMSIG(raw))
     } else {
         ExitStatus::Exited(libc::WEXITSTATUS(raw))
-    }
-}
-
-fn usage_of(rusage: &libc::rusage) -> ResourceUsage {
-    let ms = |time: libc::timeval| {
-        u64::try_from(time.tv_sec).unwrap_or(0) * 1000
-            + u64::try_from(time.tv_usec).unwrap_or(0) / 1000
-    };
-    ResourceUsage {
-        user_ms: ms(rusage.ru_utime),
-        system_ms: ms(rusage.ru_stime),
-        max_rss_kib: u64::try_from(rusage.ru_maxrss).unwrap_or(0),
     }
 }
 

@@ -399,3 +399,144 @@ async fn a_required_layer_that_is_not_active_refuses_every_job() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+async fn python(code: &str) -> Ran {
+    run(job(&unique("py"), py(code), LimitRequest::default())).await
+}
+
+#[tokio::test]
+async fn warm_python_jobs_share_no_state_with_each_other() {
+    let first = python(
+        "import json, os, sys\njson.nox_marker = 1\nos.environ['NOX_LEAK'] = '1'\nsys.nox_leak = 1\nprint('set')",
+    )
+    .await;
+    assert_eq!(first.stdout, "set\n", "{}", first.stderr);
+    let second = python(
+        "import json, os, sys\nprint(hasattr(json, 'nox_marker'), 'NOX_LEAK' in os.environ, hasattr(sys, 'nox_leak'), '__nox' in globals())",
+    )
+    .await;
+    assert_eq!(
+        second.stdout, "False False False False\n",
+        "{}",
+        second.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_warm_python_job_has_every_layer_and_no_inherited_descriptor() {
+    let code = r#"
+import os
+status = open('/proc/self/status').read()
+for key in ('CapEff', 'CapPrm', 'CapAmb', 'NoNewPrivs', 'Seccomp'):
+    print([line for line in status.splitlines() if line.startswith(key + ':')][0])
+print(sorted(int(fd) for fd in os.listdir('/proc/self/fd')))
+print(os.getpgid(0) == os.getpid())
+try:
+    open('/etc/nox-escape', 'w')
+    print('wrote /etc')
+except OSError:
+    print('etc refused')
+"#;
+    let ran = python(code).await;
+    let out = ran.stdout;
+    for expected in [
+        "CapEff:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapAmb:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "[0, 1, 2, 3]", // 3 is the directory listdir opened
+        "True",
+        "etc refused",
+    ] {
+        assert!(
+            out.contains(expected),
+            "missing {expected:?} in {out}\n{}",
+            ran.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_warm_python_job_cannot_signal_the_zygote_and_the_next_job_still_runs() {
+    let ran = python(
+        "import os, signal\ntry:\n    os.kill(os.getppid(), signal.SIGKILL)\n    print('killed')\nexcept PermissionError:\n    print('refused')",
+    )
+    .await;
+    assert_eq!(ran.stdout, "refused\n", "{}", ran.stderr);
+    assert_eq!(python("print('still here')").await.stdout, "still here\n");
+}
+
+#[tokio::test]
+async fn a_warm_python_job_is_killed_at_its_timeout() {
+    let spec = job(
+        &unique("pytimeout"),
+        py("import time\nprint('sleeping', flush=True)\ntime.sleep(60)"),
+        LimitRequest {
+            timeout_ms: Some(400),
+            ..LimitRequest::default()
+        },
+    );
+    let ran = run(spec).await;
+    assert!(ran.outcome.timed_out);
+    assert_eq!(ran.outcome.status, ExitStatus::Signaled(9));
+    assert_eq!(ran.stdout, "sleeping\n");
+    assert!(ran.outcome.duration_ms < 3_000);
+}
+
+#[tokio::test]
+async fn exit_codes_and_system_exit_behave_as_in_a_fresh_interpreter() {
+    let ran = python("import sys\nprint('bye')\nsys.exit(7)").await;
+    assert_eq!(
+        (ran.stdout.as_str(), ran.outcome.status),
+        ("bye\n", ExitStatus::Exited(7))
+    );
+    let ran = python("import sys\nsys.exit('fatal')").await;
+    assert_eq!(
+        (ran.stderr.as_str(), ran.outcome.status),
+        ("fatal\n", ExitStatus::Exited(1))
+    );
+    let ran = python("import atexit\natexit.register(lambda: print('atexit ran'))").await;
+    assert_eq!(ran.stdout, "atexit ran\n");
+}
+
+#[tokio::test]
+async fn the_cold_python_path_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = ExecutorConfig {
+        state_dir: dir.path().join("state"),
+        workspace_root: dir.path().join("workspaces"),
+        python_mode: nox_executor::config::PythonMode::Cold,
+        ..ExecutorConfig::default()
+    };
+    let identity = JobIdentity::resolve(&config).unwrap();
+    let workspaces =
+        Arc::new(Workspaces::new(config.workspace_root.clone(), identity.owner()).unwrap());
+    let runner = tokio::task::spawn_blocking(move || JobRunner::new(&config, identity, workspaces))
+        .await
+        .unwrap()
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(8);
+    runner
+        .run(
+            job(
+                "cold",
+                py("import sys\nprint(sys.flags.isolated)"),
+                LimitRequest::default(),
+            ),
+            tx,
+            CancellationToken::new(),
+        )
+        .await;
+    let mut stdout = Vec::new();
+    while let Some(reply) = rx.recv().await {
+        match reply {
+            Reply::Output(chunk) => stdout.extend(chunk.data),
+            Reply::Finished(outcome) => assert_eq!(outcome.status, ExitStatus::Exited(0)),
+            Reply::Started(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(stdout, b"1\n");
+}

@@ -16,6 +16,7 @@ pub mod landlock;
 pub mod reaper;
 pub mod seccomp;
 pub mod spawn;
+pub mod zygote;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -79,6 +80,14 @@ pub enum SandboxError {
     },
     #[error("fork failed")]
     Fork(#[source] io::Error),
+    #[error("the Python zygote failed: {0}")]
+    Zygote(String),
+    #[error("setting up the job failed at step `{step}`")]
+    ZygoteSetup {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("setting up the job failed at step `{}`", step.name())]
     ChildSetup {
         step: Step,
@@ -253,6 +262,10 @@ pub struct Sandbox {
     reaper: Reaper,
     probe_failure: Option<String>,
     required: Vec<Layer>,
+    python: PathBuf,
+    /// Where the zygote runs (it writes nothing there).
+    zygote_dir: PathBuf,
+    zygote: std::sync::Mutex<Option<std::sync::Arc<zygote::Zygote>>>,
 }
 
 impl Sandbox {
@@ -286,6 +299,9 @@ impl Sandbox {
             reaper: Reaper::global().map_err(SandboxError::Reaper)?,
             probe_failure: None,
             required: config.required(),
+            python: config.python.clone(),
+            zygote_dir: probe_dir.to_path_buf(),
+            zygote: std::sync::Mutex::new(None),
         };
         sandbox.probe_failure = sandbox.probe(config, probe_dir).err();
         Ok(sandbox)
@@ -316,7 +332,7 @@ impl Sandbox {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
                 Err(_) => {
-                    self.kill(started.pid);
+                    self.reaper.kill_group(started.pid);
                     return Err("the probe job did not finish within 10 s".to_owned());
                 }
             }
@@ -418,7 +434,7 @@ impl Sandbox {
             argv,
             envp,
             workdir,
-            code,
+            inherit: code.into_iter().collect(),
             rlimits: spawn::rlimits_for(&command.limits, self.process_allowance),
             identity: self.identity.switch_to,
             landlock,
@@ -427,9 +443,51 @@ impl Sandbox {
         spawn::spawn(plan, &self.reaper)
     }
 
-    /// Kill the whole process group of a job whose leader has not been reaped.
-    pub fn kill(&self, pid: i32) {
-        self.reaper.kill_group(pid);
+    /// Start a Python job on the warm path: forked from the zygote (started on first use,
+    /// and again after it dies), with the same layers as a cold job. Blocking.
+    pub fn spawn_warm_python(
+        &self,
+        job: &zygote::WarmPython<'_>,
+        writable: &[&Path],
+    ) -> Result<SpawnedJob, SandboxError> {
+        let Some(program) = &self.seccomp else {
+            return Err(SandboxError::Zygote(
+                "the warm path needs the seccomp filter".into(),
+            ));
+        };
+        let zygote = {
+            let mut slot = self
+                .zygote
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match slot.as_ref() {
+                Some(zygote) if zygote.alive() => std::sync::Arc::clone(zygote),
+                _ => {
+                    let started = std::sync::Arc::new(zygote::Zygote::start(
+                        self,
+                        &self.python,
+                        &self.zygote_dir,
+                        program,
+                    )?);
+                    *slot = Some(std::sync::Arc::clone(&started));
+                    started
+                }
+            }
+        };
+        let landlock = match &self.landlock {
+            Some(policy) => Some(policy.ruleset(writable)?),
+            None => None,
+        };
+        zygote.spawn(job, landlock, self.process_allowance)
+    }
+
+    /// Kill the whole process group of a job whose leader has not been reaped. `zygote` is
+    /// the zygote that forked it, for a job on the warm path.
+    pub fn kill(&self, pid: i32, zygote: Option<&std::sync::Arc<zygote::Zygote>>) {
+        match zygote {
+            Some(zygote) => zygote.kill(pid),
+            None => self.reaper.kill_group(pid),
+        }
     }
 }
 
@@ -523,7 +581,7 @@ fn reap_pid(pid: i32) -> io::Result<reaper::ExitReport> {
         if rc == pid {
             return Ok(reaper::ExitReport {
                 status,
-                rusage,
+                usage: usage_of(&rusage),
                 at: std::time::Instant::now(),
             });
         }
@@ -531,6 +589,18 @@ fn reap_pid(pid: i32) -> io::Result<reaper::ExitReport> {
         if error.raw_os_error() != Some(libc::EINTR) {
             return Err(error);
         }
+    }
+}
+
+fn usage_of(rusage: &libc::rusage) -> nox_protocol::ResourceUsage {
+    let ms = |time: libc::timeval| {
+        u64::try_from(time.tv_sec).unwrap_or(0) * 1000
+            + u64::try_from(time.tv_usec).unwrap_or(0) / 1000
+    };
+    nox_protocol::ResourceUsage {
+        user_ms: ms(rusage.ru_utime),
+        system_ms: ms(rusage.ru_stime),
+        max_rss_kib: u64::try_from(rusage.ru_maxrss).unwrap_or(0),
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 pub struct ExitReport {
     /// The raw wait status.
     pub status: i32,
-    pub rusage: libc::rusage,
+    pub usage: nox_protocol::ResourceUsage,
     pub at: Instant,
 }
 

@@ -49,7 +49,9 @@ pub struct ChildPlan<'a> {
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
     pub workdir: OwnedFd,
-    pub code: Option<OwnedFd>,
+    /// Descriptors the job keeps, placed on 3, 4, ... in this order (the Python source for
+    /// a cold job; the control socket and the seccomp program for the zygote).
+    pub inherit: Vec<OwnedFd>,
     pub rlimits: Vec<(RlimitResource, libc::rlimit)>,
     /// `(uid, gid)` to switch to; `None` keeps the executor's own (not root).
     pub identity: Option<(u32, u32)>,
@@ -74,6 +76,8 @@ pub struct SpawnedJob {
     pub stderr: OwnedFd,
     pub exit: oneshot::Receiver<ExitReport>,
     pub started: Instant,
+    /// The zygote that forked the job, for a Python job on the warm path.
+    pub zygote: Option<std::sync::Arc<super::zygote::Zygote>>,
 }
 
 impl std::fmt::Debug for ChildPlan<'_> {
@@ -148,12 +152,18 @@ pub fn pipe_high() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((raise_fd(read)?, raise_fd(write)?))
 }
 
-/// Move a descriptor to number 4 or above (close-on-exec).
+/// Most descriptors a job may inherit besides stdio.
+pub const MAX_INHERITED: usize = 8;
+/// Every descriptor handed to the child is numbered at least this: above 3 + MAX_INHERITED,
+/// so placing them on 0..=3+MAX_INHERITED never overwrites one still to be placed.
+pub const INHERIT_FLOOR: RawFd = 16;
+
+/// Move a descriptor to number [`INHERIT_FLOOR`] or above (close-on-exec).
 pub fn raise_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
-    if fd.as_raw_fd() >= 4 {
+    if fd.as_raw_fd() >= INHERIT_FLOOR {
         return Ok(fd);
     }
-    let raised = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(4))?;
+    let raised = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(INHERIT_FLOOR))?;
     // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(raised) })
 }
@@ -190,6 +200,12 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
     let (stdin_read, stdin_write) = pipe_high().map_err(SandboxError::Pipe)?;
     let (stdout_read, stdout_write) = pipe_high().map_err(SandboxError::Pipe)?;
     let (stderr_read, stderr_write) = pipe_high().map_err(SandboxError::Pipe)?;
+    if plan.inherit.len() > MAX_INHERITED {
+        return Err(SandboxError::Pipe(io::Error::other(
+            "too many inherited descriptors",
+        )));
+    }
+    let inherit_raw: Vec<RawFd> = plan.inherit.iter().map(AsRawFd::as_raw_fd).collect();
     let argv_ptrs = null_terminated(&plan.argv);
     let envp_ptrs = null_terminated(&plan.envp);
     let raw = RawPlan {
@@ -200,7 +216,7 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
         stdin: stdin_read.as_raw_fd(),
         stdout: stdout_write.as_raw_fd(),
         stderr: stderr_write.as_raw_fd(),
-        code: plan.code.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+        inherit: &inherit_raw,
         rlimits: &plan.rlimits,
         identity: plan.identity,
         landlock: plan.landlock.as_ref().map_or(-1, AsRawFd::as_raw_fd),
@@ -230,7 +246,7 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
 
     // The child's ends belong to the child now; closing ours lets EOF and EPIPE work.
     drop((error_write, stdin_read, stdout_write, stderr_write));
-    drop((plan.code, plan.workdir, plan.landlock));
+    drop((plan.inherit, plan.workdir, plan.landlock));
     match read_setup_error(error_read) {
         Ok(None) => Ok(SpawnedJob {
             pid,
@@ -239,6 +255,7 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
             stderr: stderr_read,
             exit,
             started,
+            zygote: None,
         }),
         Ok(Some((step, errno))) => Err(SandboxError::ChildSetup {
             step,
@@ -286,7 +303,9 @@ struct RawPlan<'a> {
     stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
-    code: RawFd,
+    /// Placed on 3, 4, ...; every one is numbered [`INHERIT_FLOOR`] or above, so placing
+    /// one never overwrites another still to be placed.
+    inherit: &'a [RawFd],
     rlimits: &'a [(RlimitResource, libc::rlimit)],
     identity: Option<(u32, u32)>,
     landlock: RawFd,
@@ -352,11 +371,19 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
         if libc::dup2(plan.stdin, 0) < 0
             || libc::dup2(plan.stdout, 1) < 0
             || libc::dup2(plan.stderr, 2) < 0
-            || (plan.code >= 0 && libc::dup2(plan.code, 3) < 0)
         {
             fail(Step::Stdio);
         }
-        let first_closed: libc::c_uint = if plan.code >= 0 { 4 } else { 3 };
+        let mut target: libc::c_int = 3;
+        for fd in plan.inherit {
+            if libc::dup2(*fd, target) < 0 {
+                fail(Step::Stdio);
+            }
+            target += 1;
+        }
+        // `target` is at most 3 + MAX_INHERITED, a small positive number.
+        #[allow(clippy::cast_sign_loss)]
+        let first_closed = target as libc::c_uint;
         if libc::syscall(
             libc::SYS_close_range,
             first_closed,

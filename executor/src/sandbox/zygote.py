@@ -1,0 +1,207 @@
+# nox Python zygote: a warm interpreter that forks one fresh process per job.
+#
+# Started by the executor as the sandbox user, with no capabilities, no_new_privs, a clean
+# environment and its own process group; it never runs job code itself. It listens on
+# descriptor 3 (a SOCK_SEQPACKET socket to the executor) and holds the job seccomp program
+# on descriptor 4. For each "run" message (JSON, with descriptors attached) it forks; the
+# child puts itself in its own process group, takes the job's stdio, enters the workspace,
+# lowers its rlimits, closes every other descriptor (the control socket first of all),
+# restricts itself with the job's Landlock ruleset and loads the seccomp program, reports
+# "ok" on a pipe, and only then runs the code, in a fresh __main__, exactly as the cold
+# path's bootstrap does. Jobs share nothing with each other but the zygote's read-only
+# (copy-on-write) memory. The zygote waits for its children with WNOWAIT, kills each one's
+# process group while the leader is still a zombie, then reaps and reports the exit.
+import ctypes, json, os, resource, select, signal, socket, sys
+
+SYS_LANDLOCK_RESTRICT_SELF = int(sys.argv[1])
+SYS_SECCOMP = int(sys.argv[2])
+SECCOMP_SET_MODE_FILTER = 1
+CONTROL = socket.socket(fileno=3)
+with open(4, "rb") as program_file:
+    PROGRAM = program_file.read()
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+FPROG = SockFprog(len(PROGRAM) // 8, PROGRAM)
+CHILDREN = set()
+
+
+def send(message):
+    CONTROL.send(json.dumps(message).encode())
+
+
+def run_job(spec, fds, report):
+    """In the forked child. Never returns."""
+    step = "process group"
+    try:
+        os.setpgid(0, 0)
+        step = "standard descriptors"
+        stdin, stdout, stderr, workdir, code_fd = fds[:5]
+        landlock = fds[5] if len(fds) > 5 else -1
+        os.dup2(stdin, 0)
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        step = "enter the workspace"
+        os.fchdir(workdir)
+        with open(code_fd, "rb", closefd=False) as f:
+            source = f.read()
+        step = "rlimits"
+        for resource_id, soft, hard in spec["rlimits"]:
+            resource.setrlimit(resource_id, (soft, hard))
+        step = "close inherited descriptors"
+        keep = {report, landlock}
+        for fd in range(3, max(keep) + 1):
+            if fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.closerange(max(keep) + 1, 1 << 16)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if landlock >= 0:
+            step = "landlock_restrict_self"
+            if LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, landlock, 0) != 0:
+                raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+            os.close(landlock)
+        step = "seccomp filter"
+        if LIBC.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(FPROG)) != 0:
+            raise OSError(ctypes.get_errno(), "seccomp")
+        os.write(report, b"ok")
+        os.close(report)
+    except BaseException as error:
+        errno = getattr(error, "errno", 0) or 0
+        try:
+            os.write(report, ("E%s\0%d" % (step, errno)).encode())
+        finally:
+            os._exit(127)
+    os._exit(execute(spec, source))
+
+
+def execute(spec, source):
+    import atexit, builtins, linecache, threading, types
+
+    os.environ.clear()
+    os.environ.update(spec["env"])
+    path, name = spec["display"], spec["filename"]
+    status = 0
+    try:
+        lines = source.decode("utf-8", "replace").splitlines(True)
+        linecache.cache[path] = (len(source), None, lines, path)
+        code = compile(source, path, "exec", dont_inherit=True)
+        sys.argv[:] = [name]
+        sys.path.insert(0, os.path.dirname(path))
+        main = types.ModuleType("__main__")
+        main.__dict__.update(__file__=path, __cached__=None, __builtins__=builtins)
+        sys.modules["__main__"] = main
+        exec(code, main.__dict__)
+    except SystemExit as exit:
+        status = exit_status(exit)
+    except BaseException as error:
+        error = error.with_traceback(error.__traceback__.tb_next)
+        sys.excepthook(type(error), error, error.__traceback__)
+        status = 1
+    try:
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    return status
+
+
+def exit_status(exit):
+    if exit.code is None:
+        return 0
+    if isinstance(exit.code, int):
+        return exit.code & 0xFF
+    print(exit.code, file=sys.stderr)
+    return 1
+
+
+def start(spec, fds):
+    report_read, report_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_read)
+        run_job(spec, fds, report_write)
+    os.close(report_write)
+    for fd in fds:
+        os.close(fd)
+    CHILDREN.add(pid)
+    answer = b""
+    while True:
+        chunk = os.read(report_read, 512)
+        if not chunk:
+            break
+        answer += chunk
+    os.close(report_read)
+    if answer == b"ok":
+        send({"op": "started", "id": spec["id"], "pid": pid})
+    else:
+        text = answer[1:].decode("utf-8", "replace") if answer[:1] == b"E" else "\0"
+        step, _, errno = text.partition("\0")
+        send({"op": "failed", "id": spec["id"], "pid": pid, "step": step or "exec",
+              "errno": int(errno or 0)})
+
+
+def reap():
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None:
+            return
+        pid = info.si_pid
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        _, status, usage = os.wait4(pid, 0)
+        CHILDREN.discard(pid)
+        send({"op": "exit", "pid": pid, "status": status,
+              "user_ms": int(usage.ru_utime * 1000), "system_ms": int(usage.ru_stime * 1000),
+              "max_rss_kib": usage.ru_maxrss})
+
+
+def main():
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    send({"op": "ready", "pid": os.getpid()})
+    while True:
+        ready, _, _ = select.select([CONTROL, wake_read], [], [])
+        if wake_read in ready:
+            os.read(wake_read, 4096)
+            reap()
+        if CONTROL in ready:
+            data, fds, _, _ = socket.recv_fds(CONTROL, 1 << 16, 8)
+            if not data:
+                for pid in CHILDREN:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                os._exit(0)
+            message = json.loads(data)
+            if message["op"] == "run":
+                start(message, fds)
+            elif message["op"] == "kill":
+                for fd in fds:
+                    os.close(fd)
+                if message["pid"] in CHILDREN:
+                    try:
+                        os.killpg(message["pid"], signal.SIGKILL)
+                    except OSError:
+                        pass
+            reap()
+
+
+main()

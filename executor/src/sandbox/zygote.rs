@@ -1,0 +1,431 @@
+//! The warm Python path: a zygote interpreter (`zygote.py`) that forks one process per job.
+//!
+//! The zygote is started through the ordinary spawn path — sandbox uid, no capabilities,
+//! `no_new_privs`, clean environment, own process group — without Landlock and seccomp,
+//! which each job's process applies for itself after the fork (the Landlock ruleset of its
+//! workspace arrives as a descriptor with the job; the seccomp program is the executor's
+//! own compiled filter, handed to the zygote once at start). Job code never runs in the
+//! zygote. Messages are JSON on a `SOCK_SEQPACKET` socket, job descriptors travel with
+//! `SCM_RIGHTS`. If the zygote dies, waiting jobs fail, their processes are killed, and the
+//! next Python job starts a new zygote.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, recv, sendmsg, socketpair,
+};
+use nox_protocol::ResourceUsage;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::reaper::ExitReport;
+use super::spawn::{self, ChildPlan, RlimitResource, SpawnedJob};
+use super::{Sandbox, SandboxError};
+
+/// The zygote's program, run with `python3 -I -u -c`.
+const ZYGOTE_SOURCE: &str = include_str!("zygote.py");
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Python job for the zygote.
+#[derive(Debug)]
+pub struct WarmPython<'a> {
+    /// Path shown as the script's (`__file__`, tracebacks).
+    pub display: &'a str,
+    /// `sys.argv[0]`, the name the client gave.
+    pub filename: &'a str,
+    pub code: &'a [u8],
+    pub env: &'a [(String, String)],
+    pub workdir: &'a Path,
+    pub limits: &'a nox_protocol::Limits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Message {
+    Ready {
+        #[allow(dead_code)]
+        pid: i32,
+    },
+    Started {
+        id: u64,
+        pid: i32,
+    },
+    Failed {
+        id: u64,
+        step: String,
+        errno: i32,
+    },
+    Exit {
+        pid: i32,
+        status: i32,
+        user_ms: u64,
+        system_ms: u64,
+        max_rss_kib: u64,
+    },
+}
+
+type StartReply = Result<(i32, oneshot::Receiver<ExitReport>), (String, i32)>;
+
+#[derive(Debug, Default)]
+struct Pending {
+    starts: HashMap<u64, mpsc::Sender<StartReply>>,
+    exits: HashMap<i32, oneshot::Sender<ExitReport>>,
+}
+
+/// A running zygote.
+#[derive(Debug)]
+pub struct Zygote {
+    control: OwnedFd,
+    send_lock: Mutex<()>,
+    pending: Arc<Mutex<Pending>>,
+    alive: Arc<AtomicBool>,
+    next_id: AtomicU64,
+    pid: i32,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Zygote {
+    /// Start a zygote with `sandbox`'s identity, in `workdir` (a directory the sandbox user
+    /// can enter; the zygote writes nothing there).
+    pub fn start(
+        sandbox: &Sandbox,
+        python: &Path,
+        workdir: &Path,
+        seccomp: &[seccompiler::sock_filter],
+    ) -> Result<Zygote, SandboxError> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|errno| SandboxError::Pipe(errno.into()))?;
+        let program: Vec<u8> = seccomp
+            .iter()
+            .flat_map(|instruction| {
+                let mut bytes = [0u8; 8];
+                bytes[..2].copy_from_slice(&instruction.code.to_ne_bytes());
+                bytes[2] = instruction.jt;
+                bytes[3] = instruction.jf;
+                bytes[4..].copy_from_slice(&instruction.k.to_ne_bytes());
+                bytes
+            })
+            .collect();
+        let program = spawn::memfd_with(&program).map_err(SandboxError::Pipe)?;
+        let theirs = spawn::raise_fd(theirs).map_err(SandboxError::Pipe)?;
+        let command = spawn::JobCommand {
+            program: python.to_path_buf(),
+            args: vec![
+                "-I".into(),
+                "-u".into(),
+                "-c".into(),
+                ZYGOTE_SOURCE.into(),
+                libc::SYS_landlock_restrict_self.to_string(),
+                libc::SYS_seccomp.to_string(),
+            ],
+            env: vec![
+                ("PATH".into(), "/usr/bin:/bin".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
+            workdir: workdir.to_path_buf(),
+            code: None,
+            limits: nox_protocol::Limits::default(),
+        };
+        let (program_path, argv, envp) = spawn::command_strings(&command)?;
+        let workdir_fd =
+            spawn::open_dir(workdir).map_err(|source| SandboxError::OpenDirectory {
+                path: workdir.to_path_buf(),
+                source,
+            })?;
+        let plan = ChildPlan {
+            program: program_path,
+            argv,
+            envp,
+            workdir: workdir_fd,
+            inherit: vec![theirs, program],
+            // The zygote itself only forks: generous limits; each job lowers its own.
+            rlimits: vec![
+                (libc::RLIMIT_CORE, both(0)),
+                (libc::RLIMIT_NOFILE, both(1024)),
+            ],
+            identity: sandbox.identity.switch_to,
+            landlock: None,
+            seccomp: None,
+        };
+        let spawned = spawn::spawn(plan, &sandbox.reaper)?;
+        let pid = spawned.pid;
+        forward_diagnostics(spawned);
+
+        let zygote = Zygote {
+            control: ours,
+            send_lock: Mutex::new(()),
+            pending: Arc::new(Mutex::new(Pending::default())),
+            alive: Arc::new(AtomicBool::new(true)),
+            next_id: AtomicU64::new(1),
+            pid,
+        };
+        let ready = zygote.receive_ready();
+        if let Err(error) = ready {
+            sandbox.reaper.kill_group(pid);
+            return Err(error);
+        }
+        let control = zygote.control.try_clone().map_err(SandboxError::Pipe)?;
+        let (pending, alive) = (Arc::clone(&zygote.pending), Arc::clone(&zygote.alive));
+        std::thread::Builder::new()
+            .name("nox-zygote".into())
+            .spawn(move || read_messages(&control, &pending, &alive))
+            .map_err(SandboxError::Pipe)?;
+        tracing::info!(pid, "python zygote ready");
+        Ok(zygote)
+    }
+
+    fn receive_ready(&self) -> Result<(), SandboxError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        set_receive_timeout(&self.control, Some(START_TIMEOUT))?;
+        let message = receive(&self.control);
+        set_receive_timeout(&self.control, None)?;
+        match message {
+            Ok(Some(Message::Ready { .. })) if Instant::now() <= deadline => Ok(()),
+            Ok(_) => Err(SandboxError::Zygote("did not announce itself".into())),
+            Err(error) => Err(SandboxError::Zygote(format!("did not start: {error}"))),
+        }
+    }
+
+    /// Whether the zygote is still serving.
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Start one job in a fresh process forked from the zygote. Blocking.
+    pub fn spawn(
+        self: &Arc<Self>,
+        job: &WarmPython<'_>,
+        landlock: Option<OwnedFd>,
+        process_allowance: u64,
+    ) -> Result<SpawnedJob, SandboxError> {
+        let (stdin_read, stdin_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
+        let (stdout_read, stdout_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
+        let (stderr_read, stderr_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
+        let workdir =
+            spawn::open_dir(job.workdir).map_err(|source| SandboxError::OpenDirectory {
+                path: job.workdir.to_path_buf(),
+                source,
+            })?;
+        let code = spawn::memfd_with(job.code).map_err(SandboxError::Pipe)?;
+        let mut fds: Vec<RawFd> = vec![
+            stdin_read.as_raw_fd(),
+            stdout_write.as_raw_fd(),
+            stderr_write.as_raw_fd(),
+            workdir.as_raw_fd(),
+            code.as_raw_fd(),
+        ];
+        if let Some(ruleset) = &landlock {
+            fds.push(ruleset.as_raw_fd());
+        }
+        let rlimits: Vec<[u64; 3]> = spawn::rlimits_for(job.limits, process_allowance)
+            .into_iter()
+            .map(|(resource, limit)| [resource_number(resource), limit.rlim_cur, limit.rlim_max])
+            .collect();
+        let env: serde_json::Map<String, serde_json::Value> = job
+            .env
+            .iter()
+            .map(|(key, value)| (key.clone(), json!(value)))
+            .collect();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let message = json!({
+            "op": "run",
+            "id": id,
+            "display": job.display,
+            "filename": job.filename,
+            "env": env,
+            "rlimits": rlimits,
+        });
+        let (reply_sender, reply) = mpsc::channel();
+        lock(&self.pending).starts.insert(id, reply_sender);
+        let started = Instant::now();
+        if let Err(error) = self.send(message.to_string().as_bytes(), &fds) {
+            lock(&self.pending).starts.remove(&id);
+            return Err(error);
+        }
+        // The zygote holds its own copies now; ours of the child's ends must go, or the
+        // job's stdout would never reach EOF.
+        drop((
+            stdin_read,
+            stdout_write,
+            stderr_write,
+            workdir,
+            code,
+            landlock,
+        ));
+        match reply.recv_timeout(START_TIMEOUT) {
+            Ok(Ok((pid, exit))) => Ok(SpawnedJob {
+                pid,
+                stdin: stdin_write,
+                stdout: stdout_read,
+                stderr: stderr_read,
+                exit,
+                started,
+                zygote: Some(Arc::clone(self)),
+            }),
+            Ok(Err((step, errno))) => Err(SandboxError::ZygoteSetup {
+                step,
+                source: io::Error::from_raw_os_error(errno),
+            }),
+            Err(_) => {
+                lock(&self.pending).starts.remove(&id);
+                Err(SandboxError::Zygote("did not start the job in time".into()))
+            }
+        }
+    }
+
+    /// Kill the process group of a job this zygote started and has not reaped yet.
+    pub fn kill(&self, pid: i32) {
+        if !self.alive() {
+            // Its children were re-parented to the executor: kill the group directly.
+            super::kill_process_group(pid);
+            return;
+        }
+        let message = json!({"op": "kill", "pid": pid}).to_string();
+        if self.send(message.as_bytes(), &[]).is_err() {
+            super::kill_process_group(pid);
+        }
+    }
+
+    fn send(&self, payload: &[u8], fds: &[RawFd]) -> Result<(), SandboxError> {
+        let _serialised = lock(&self.send_lock);
+        let rights = [ControlMessage::ScmRights(fds)];
+        let control: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+        sendmsg::<()>(
+            self.control.as_raw_fd(),
+            &[IoSlice::new(payload)],
+            control,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map(drop)
+        .map_err(|errno| SandboxError::Zygote(format!("cannot reach the zygote: {errno}")))
+    }
+
+    /// The zygote's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+fn both(value: u64) -> libc::rlimit {
+    libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    }
+}
+
+fn resource_number(resource: RlimitResource) -> u64 {
+    u64::from(resource)
+}
+
+fn set_receive_timeout(socket: &OwnedFd, timeout: Option<Duration>) -> Result<(), SandboxError> {
+    let value = timeout.map_or(nix::sys::time::TimeVal::new(0, 0), |duration| {
+        nix::sys::time::TimeVal::new(i64::try_from(duration.as_secs()).unwrap_or(i64::MAX), 0)
+    });
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::ReceiveTimeout, &value)
+        .map_err(|errno| SandboxError::Pipe(errno.into()))
+}
+
+/// One message, `None` at end of stream.
+fn receive(socket: &OwnedFd) -> io::Result<Option<Message>> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    let n = recv(socket.as_raw_fd(), &mut buffer, MsgFlags::empty())?;
+    if n == 0 {
+        return Ok(None);
+    }
+    serde_json::from_slice(&buffer[..n])
+        .map(Some)
+        .map_err(io::Error::other)
+}
+
+fn read_messages(socket: &OwnedFd, pending: &Mutex<Pending>, alive: &AtomicBool) {
+    loop {
+        match receive(socket) {
+            Ok(Some(Message::Started { id, pid })) => {
+                let (exit_sender, exit) = oneshot::channel();
+                let mut table = lock(pending);
+                table.exits.insert(pid, exit_sender);
+                if let Some(reply) = table.starts.remove(&id)
+                    && reply.send(Ok((pid, exit))).is_err()
+                {
+                    // Nobody waits for this job any more: kill it.
+                    table.exits.remove(&pid);
+                    super::kill_process_group(pid);
+                }
+            }
+            Ok(Some(Message::Failed { id, step, errno })) => {
+                if let Some(reply) = lock(pending).starts.remove(&id) {
+                    let _ = reply.send(Err((step, errno)));
+                }
+            }
+            Ok(Some(Message::Exit {
+                pid,
+                status,
+                user_ms,
+                system_ms,
+                max_rss_kib,
+            })) => {
+                if let Some(waiter) = lock(pending).exits.remove(&pid) {
+                    let _ = waiter.send(ExitReport {
+                        status,
+                        usage: ResourceUsage {
+                            user_ms,
+                            system_ms,
+                            max_rss_kib,
+                        },
+                        at: Instant::now(),
+                    });
+                }
+            }
+            Ok(Some(Message::Ready { .. })) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    alive.store(false, Ordering::Release);
+    let mut table = lock(pending);
+    for pid in table.exits.keys() {
+        super::kill_process_group(*pid);
+    }
+    table.exits.clear();
+    table.starts.clear();
+    tracing::warn!("python zygote exited; the next Python job starts a new one");
+}
+
+/// Log what the zygote writes on its own stdout and stderr (only a crash would).
+fn forward_diagnostics(spawned: SpawnedJob) {
+    let SpawnedJob {
+        stdin,
+        stdout,
+        stderr,
+        ..
+    } = spawned;
+    drop(stdin);
+    for (stream, fd) in [("stdout", stdout), ("stderr", stderr)] {
+        let _ = std::thread::Builder::new()
+            .name("nox-zygote-log".into())
+            .spawn(move || {
+                use std::io::BufRead;
+                let reader = io::BufReader::new(std::fs::File::from(fd));
+                for line in reader.lines().map_while(Result::ok) {
+                    tracing::warn!(stream, line = %line, "python zygote output");
+                }
+            });
+    }
+}
