@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ExecutorConfig, PythonMode};
 use crate::sandbox::reaper::ExitReport;
-use crate::sandbox::spawn::JobCommand;
+use crate::sandbox::spawn::{JobCommand, SpawnedJob};
 use crate::sandbox::zygote::WarmPython;
 use crate::sandbox::{JobIdentity, Sandbox, SandboxError, error_chain};
 use crate::workspace::{WorkspaceError, Workspaces};
@@ -237,39 +237,45 @@ impl JobRunner {
         let queued_ms = millis(queued_at.elapsed());
         let _running = RunningCount::enter(&self.running);
         let limits = self.ceilings.clamp(&spec.limits);
-
-        // Workspace and scratch directory (blocking filesystem work).
-        let workspaces = Arc::clone(&self.workspaces);
-        let (workspace_name, program) = (spec.workspace.clone(), spec.program.clone());
-        let workdir = tokio::task::spawn_blocking(move || -> Result<PathBuf, WorkspaceError> {
-            let dir = workspaces.ensure(&workspace_name)?;
-            if let (Program::Python { code, .. }, Some(path)) = (&program, &filename) {
-                workspaces.write_file(&workspace_name, path, code.as_bytes())?;
-            }
-            Ok(dir)
-        })
-        .await??;
+        // The workspace's path follows from its name (`ensure` below creates it if needed).
+        let workdir = self.config.workspace_root.join(&spec.workspace);
         let scratch = self.scratch_root.join(&spec.job_id);
-        let (scratch_dir, owner) = (scratch.clone(), self.owner);
-        tokio::task::spawn_blocking(move || make_scratch(&scratch_dir, owner))
-            .await?
-            .map_err(|source| JobError::Scratch {
-                path: scratch.clone(),
-                source,
-            })?;
-
         let command = self.command_for(&spec, &limits, &workdir, &scratch);
+        let warm = match &spec.program {
+            Program::Python { filename, .. } if self.config.python_mode == PythonMode::Zygote => {
+                Some((
+                    workdir.join(filename).display().to_string(),
+                    filename.clone(),
+                ))
+            }
+            _ => None,
+        };
+        // One blocking hop for everything up to the fork: on a busy machine every hop
+        // between threads waits for a CPU.
+        let prepared = Prepared {
+            workspaces: Arc::clone(&self.workspaces),
+            sandbox: Arc::clone(&self.sandbox),
+            owner: self.owner,
+            workspace: spec.workspace.clone(),
+            python_file: match (&spec.program, filename) {
+                (Program::Python { code, .. }, Some(path)) => Some((path, code.clone())),
+                _ => None,
+            },
+            scratch: scratch.clone(),
+            command,
+            warm,
+        };
+        let spawned = tokio::task::spawn_blocking(move || prepared.spawn()).await??;
         let result = self
-            .supervise(
-                &spec, command, limits, queued_ms, &workdir, &scratch, replies, cancel,
-            )
+            .supervise(&spec, spawned, limits, queued_ms, replies, cancel)
             .await;
-
-        let scratch_dir = scratch.clone();
-        let cleanup = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&scratch_dir));
-        if let Ok(Err(error)) = cleanup.await {
-            tracing::warn!(job_id = %spec.job_id, %error, path = %scratch.display(), "could not remove the job's scratch directory");
-        }
+        // Nobody waits for the cleanup: the reply has been sent.
+        let job_id = spec.job_id.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = std::fs::remove_dir_all(&scratch) {
+                tracing::warn!(%job_id, %error, path = %scratch.display(), "could not remove the job's scratch directory");
+            }
+        });
         result
     }
 
@@ -341,47 +347,15 @@ impl JobRunner {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn supervise(
         &self,
         spec: &JobSpec,
-        command: JobCommand,
+        spawned: SpawnedJob,
         limits: Limits,
         queued_ms: u64,
-        workdir: &Path,
-        scratch: &Path,
         replies: &mpsc::Sender<Reply>,
         cancel: &CancellationToken,
     ) -> Result<(), JobError> {
-        let sandbox = Arc::clone(&self.sandbox);
-        let writable = [workdir.to_path_buf(), scratch.to_path_buf()];
-        let warm = match &spec.program {
-            Program::Python { filename, .. } if self.config.python_mode == PythonMode::Zygote => {
-                Some((
-                    workdir.join(filename).display().to_string(),
-                    filename.clone(),
-                ))
-            }
-            _ => None,
-        };
-        let spawned = tokio::task::spawn_blocking(move || {
-            let writable: Vec<&Path> = writable.iter().map(PathBuf::as_path).collect();
-            match &warm {
-                Some((display, filename)) => {
-                    let job = WarmPython {
-                        display,
-                        filename,
-                        code: command.code.as_deref().unwrap_or_default(),
-                        env: &command.env,
-                        workdir: &command.workdir,
-                        limits: &command.limits,
-                    };
-                    sandbox.spawn_warm_python(&job, &writable)
-                }
-                None => sandbox.spawn(&command, &writable),
-            }
-        })
-        .await??;
         let pid = spawned.pid;
         let zygote = spawned.zygote.clone();
         let started = spawned.started;
@@ -499,6 +473,54 @@ impl JobRunner {
             let _ = replies.send(Reply::Finished(outcome)).await;
         }
         Ok(())
+    }
+}
+
+/// Everything a job needs before its process exists, moved to a blocking thread.
+struct Prepared {
+    workspaces: Arc<Workspaces>,
+    sandbox: Arc<Sandbox>,
+    owner: Option<(u32, u32)>,
+    workspace: String,
+    /// A Python job's code, saved in the workspace under its file name (as the seed did).
+    python_file: Option<(RelPath, String)>,
+    scratch: PathBuf,
+    command: JobCommand,
+    /// `(shown path, file name)` of a Python job on the warm path.
+    warm: Option<(String, String)>,
+}
+
+impl Prepared {
+    /// Workspace, code file, scratch directory, then the job's process. Blocking.
+    fn spawn(self) -> Result<SpawnedJob, JobError> {
+        let workdir = self.workspaces.ensure(&self.workspace)?;
+        if let Some((path, code)) = &self.python_file {
+            self.workspaces
+                .write_file(&self.workspace, path, code.as_bytes())?;
+        }
+        make_scratch(&self.scratch, self.owner).map_err(|source| JobError::Scratch {
+            path: self.scratch.clone(),
+            source,
+        })?;
+        let writable = [workdir.as_path(), self.scratch.as_path()];
+        let spawned = match &self.warm {
+            Some((display, filename)) => self.sandbox.spawn_warm_python(
+                &WarmPython {
+                    display,
+                    filename,
+                    code: self.command.code.as_deref().unwrap_or_default(),
+                    env: &self.command.env,
+                    workdir: &self.command.workdir,
+                    limits: &self.command.limits,
+                },
+                &writable,
+            ),
+            None => self.sandbox.spawn(&self.command, &writable),
+        };
+        if spawned.is_err() {
+            let _ = std::fs::remove_dir_all(&self.scratch);
+        }
+        Ok(spawned?)
     }
 }
 

@@ -365,14 +365,21 @@ impl Conversation {
 
     /// `PutStart`, then `PutChunk`*, then `PutEnd`, answered once, after `PutEnd`: a
     /// refused upload still reads its chunks, so the connection stays in step.
+    ///
+    /// Data is gathered in memory up to [`UPLOAD_FLUSH`] before it touches the disk, so a
+    /// small upload costs one trip to a blocking thread (open, write, rename) and a large
+    /// one a trip per [`UPLOAD_FLUSH`]; memory per upload stays bounded by it.
     async fn upload(&mut self, start: PutStart) -> Result<(), ServerError> {
         let workspaces = Arc::clone(&self.shared.workspaces);
-        let mut state = blocking(move || {
-            let path = parse_path(&start.path)?;
-            let upload = workspaces.begin_upload(&start.workspace, &path)?;
-            Ok::<_, RequestError>((upload, path))
-        })
-        .await?;
+        let mut state = match parse_path(&start.path) {
+            Ok(path) => Ok(Pending {
+                workspace: start.workspace,
+                path,
+                upload: None,
+                buffer: Vec::new(),
+            }),
+            Err(error) => Err(error),
+        };
         loop {
             let request = match self.framed.next().await {
                 Some(Ok(request)) => request,
@@ -391,21 +398,32 @@ impl Conversation {
                     return Err(ServerError::ChunkTooLarge { len: data.len() });
                 }
                 Request::PutChunk(data) => {
-                    if let Ok((mut upload, path)) = state {
-                        state = blocking(move || {
-                            upload.write(&data)?;
-                            Ok((upload, path))
-                        })
-                        .await?;
+                    if let Ok(pending) = &mut state {
+                        pending.buffer.extend_from_slice(&data);
+                        if pending.buffer.len() >= UPLOAD_FLUSH
+                            && let Ok(mut pending) = state
+                        {
+                            let workspaces = Arc::clone(&workspaces);
+                            state = blocking(move || {
+                                pending.flush(&workspaces)?;
+                                Ok(pending)
+                            })
+                            .await?;
+                        }
                     }
                 }
                 Request::PutEnd => {
                     let saved = match state {
-                        Ok((upload, path)) => {
+                        Ok(mut pending) => {
+                            let workspaces = Arc::clone(&workspaces);
                             blocking(move || {
-                                let bytes = upload.commit()?;
+                                pending.flush(&workspaces)?;
+                                let bytes = match pending.upload.take() {
+                                    Some(upload) => upload.commit()?,
+                                    None => 0,
+                                };
                                 Ok(Saved {
-                                    path: path.as_str().to_owned(),
+                                    path: pending.path.as_str().to_owned(),
                                     bytes,
                                 })
                             })
@@ -539,9 +557,41 @@ async fn blocking<T: Send + 'static>(
         .map_err(ServerError::Blocking)
 }
 
+/// Gathered bytes beyond which an upload is written out.
+const UPLOAD_FLUSH: usize = 1024 * 1024;
+
+/// An upload being received: gathered in memory, written out in large pieces.
+#[derive(Debug)]
+struct Pending {
+    workspace: String,
+    path: RelPath,
+    /// Opened at the first write-out.
+    upload: Option<Upload>,
+    buffer: Vec<u8>,
+}
+
+impl Pending {
+    /// Write what was gathered, opening the upload first if needed. Blocking.
+    fn flush(&mut self, workspaces: &Workspaces) -> Result<(), RequestError> {
+        let upload = match &mut self.upload {
+            Some(upload) => upload,
+            None => self
+                .upload
+                .insert(workspaces.begin_upload(&self.workspace, &self.path)?),
+        };
+        upload.write(&self.buffer)?;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
 /// Drop an unfinished upload (which unlinks its temp file) on the blocking pool.
-fn discard<E: Send + 'static>(state: Result<(Upload, RelPath), E>) {
-    if let Ok(upload) = state {
+fn discard<E: Send + 'static>(state: Result<Pending, E>) {
+    if let Ok(Pending {
+        upload: Some(upload),
+        ..
+    }) = state
+    {
         drop(tokio::task::spawn_blocking(move || drop(upload)));
     }
 }

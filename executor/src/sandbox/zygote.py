@@ -12,6 +12,8 @@
 # (copy-on-write) memory. The zygote waits for its children with WNOWAIT, kills each one's
 # process group while the leader is still a zombie, then reaps and reports the exit.
 import ctypes, json, os, resource, select, signal, socket, sys
+# Everything a job's process needs is imported here, once, and inherited by every fork.
+import atexit, builtins, io, linecache, threading, traceback, types
 
 SYS_LANDLOCK_RESTRICT_SELF = int(sys.argv[1])
 SYS_SECCOMP = int(sys.argv[2])
@@ -83,8 +85,6 @@ def run_job(spec, fds, report):
 
 
 def execute(spec, source):
-    import atexit, builtins, linecache, threading, types
-
     os.environ.clear()
     os.environ.update(spec["env"])
     path, name = spec["display"], spec["filename"]

@@ -1,0 +1,567 @@
+//! nox's benchmark. In one run, on one machine:
+//!
+//! 1. the floor: spawning `/bin/true` from this small process (std uses posix_spawn), with one
+//!    spawner and with two, and `python3 -I -S -c pass` with one;
+//! 2. nox itself (release binaries, started as production starts them without systemd:
+//!    `systemd-socket-activate`), `/health`, `/run_sh {"cmd":"true"}`,
+//!    `/run_py {"code":"print(N)"}` and `/put` 1 KiB, closed loop at each concurrency, every
+//!    reply checked (a `/run_py` reply must print its own N: cross-talk is a wrong answer);
+//! 3. the resident memory of both daemons, idle and the most seen under load.
+//!
+//! It prints a markdown table and writes it with an SVG chart to `bench/results/`.
+//! Usage: `bench/run.sh` (builds the release binaries, then runs this).
+
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// One measured row.
+#[derive(Debug, Clone)]
+struct Row {
+    what: String,
+    concurrency: usize,
+    requests: u64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    wrong: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    duration: Duration,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn row(
+    what: &str,
+    concurrency: usize,
+    mut latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: u64,
+    wrong: u64,
+) -> Row {
+    latencies.sort_unstable();
+    Row {
+        what: what.to_owned(),
+        concurrency,
+        requests: latencies.len() as u64,
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        errors,
+        wrong,
+    }
+}
+
+/// Spawn `program` again and again from `spawners` threads for the duration.
+fn spawn_floor(
+    what: &str,
+    program: &str,
+    args: &[&str],
+    spawners: usize,
+    settings: Settings,
+) -> Row {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..spawners)
+        .map(|_| {
+            let (program, args) = (
+                program.to_owned(),
+                args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>(),
+            );
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                while start.elapsed() < settings.duration {
+                    let begun = Instant::now();
+                    let status = Command::new(&program)
+                        .args(&args)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                    match status {
+                        Ok(status) if status.success() => latencies.push(begun.elapsed()),
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for handle in handles {
+        if let Ok((latencies, failed)) = handle.join() {
+            all.extend(latencies);
+            errors += failed;
+        }
+    }
+    row(what, spawners, all, start.elapsed(), errors, 0)
+}
+
+/// The daemons under test.
+struct Nox {
+    frontend: Child,
+    executor: Child,
+    port: u16,
+    token: String,
+    _dir: PathBuf,
+}
+
+impl Drop for Nox {
+    fn drop(&mut self) {
+        for child in [&mut self.frontend, &mut self.executor] {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_nox(bin: &Path) -> Result<Nox, Failure> {
+    let dir = std::env::temp_dir().join(format!("nox-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Command::new("chmod").arg("0755").arg(&dir).status()?;
+    let socket = dir.join("executor.sock");
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let token = format!("bench-token-{}", std::process::id());
+    let quiet = || Stdio::null();
+    let executor = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg("--fdname=jobs")
+        .args([
+            "-E",
+            "NOX_SANDBOX",
+            "-E",
+            "NOX_EXECUTOR__STATE_DIR",
+            "-E",
+            "NOX_EXECUTOR__MAX_QUEUED_JOBS",
+            "-E",
+            "NOX_LOG",
+        ])
+        .arg(bin.join("nox-executor"))
+        .env("NOX_SANDBOX", dir.join("workspaces"))
+        .env("NOX_EXECUTOR__STATE_DIR", dir.join("state"))
+        .env("NOX_EXECUTOR__MAX_QUEUED_JOBS", "1000")
+        .env("NOX_LOG", "warn")
+        .stdout(quiet())
+        .stderr(quiet())
+        .spawn()?;
+    let frontend = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--fdname=http")
+        .args([
+            "-E",
+            "NOX_API_TOKEN",
+            "-E",
+            "NOX_EXECUTOR_SOCKET",
+            "-E",
+            "NOX_LOG",
+        ])
+        .arg(bin.join("nox-frontend"))
+        .arg("--config")
+        .arg("/dev/null")
+        .env("NOX_API_TOKEN", &token)
+        .env("NOX_EXECUTOR_SOCKET", &socket)
+        .env("NOX_LOG", "warn")
+        .stdout(quiet())
+        .stderr(quiet())
+        .spawn()?;
+    Ok(Nox {
+        frontend,
+        executor,
+        port,
+        token,
+        _dir: dir,
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// What each endpoint sends and how its reply is checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Endpoint {
+    Health,
+    RunSh,
+    RunPy,
+    Put,
+}
+
+impl Endpoint {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Health => "GET /health",
+            Endpoint::RunSh => "POST /run_sh true",
+            Endpoint::RunPy => "POST /run_py print(N)",
+            Endpoint::Put => "POST /put 1 KiB",
+        }
+    }
+
+    fn request(self, port: u16, token: &str, n: u64) -> Result<Request<Full<Bytes>>, Failure> {
+        let base = Request::builder().header("host", format!("127.0.0.1:{port}"));
+        let auth = format!("Bearer {token}");
+        Ok(match self {
+            Endpoint::Health => base
+                .method("GET")
+                .uri("/health")
+                .body(Full::new(Bytes::new()))?,
+            Endpoint::RunSh => base
+                .method("POST")
+                .uri("/run_sh")
+                .header("authorization", auth)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(br#"{"cmd":"true"}"#)))?,
+            Endpoint::RunPy => base
+                .method("POST")
+                .uri("/run_py")
+                .header("authorization", auth)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(format!(
+                    r#"{{"code":"print({n})"}}"#
+                ))))?,
+            Endpoint::Put => {
+                let boundary = "noxbenchboundary";
+                let mut body = format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"b.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .into_bytes();
+                body.extend(std::iter::repeat_n(b'x', 1024));
+                body.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+                base.method("POST")
+                    .uri(format!("/put?path=bench/{}.bin", n % 64))
+                    .header("authorization", auth)
+                    .header(
+                        "content-type",
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
+                    .body(Full::new(Bytes::from(body)))?
+            }
+        })
+    }
+
+    fn correct(self, body: &[u8], n: u64) -> bool {
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return false;
+        };
+        match self {
+            Endpoint::Health => json["status"] == "ok",
+            Endpoint::RunSh => json["returncode"] == 0,
+            Endpoint::RunPy => json["returncode"] == 0 && json["stdout"] == format!("{n}\n"),
+            Endpoint::Put => json["bytes"] == 1024,
+        }
+    }
+}
+
+async fn load(
+    endpoint: Endpoint,
+    nox: &Nox,
+    concurrency: usize,
+    settings: Settings,
+    rss_peak: Arc<[AtomicU64; 2]>,
+) -> Result<Row, Failure> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let pids = [nox.frontend.id(), nox.executor.id()];
+    let sampler = {
+        let (stop, rss_peak) = (Arc::clone(&stop), Arc::clone(&rss_peak));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for (slot, pid) in rss_peak.iter().zip(pids) {
+                    slot.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (counter, token, port) = (Arc::clone(&counter), nox.token.clone(), nox.port);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let (mut errors, mut wrong) = (0u64, 0u64);
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            while start.elapsed() < settings.duration {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let request = endpoint.request(port, &token, n)?;
+                let begun = Instant::now();
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                latencies.push(begun.elapsed());
+                if !status.is_success() {
+                    errors += 1;
+                } else if !endpoint.correct(&body, n) {
+                    wrong += 1;
+                }
+            }
+            Ok::<_, Failure>((latencies, errors, wrong))
+        }));
+    }
+    let mut all = Vec::new();
+    let (mut errors, mut wrong) = (0, 0);
+    for task in tasks {
+        let (latencies, failed, bad) = task.await??;
+        all.extend(latencies);
+        errors += failed;
+        wrong += bad;
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    Ok(row(
+        endpoint.name(),
+        concurrency,
+        all,
+        elapsed,
+        errors,
+        wrong,
+    ))
+}
+
+async fn wait_ready(nox: &Nox) -> Result<(), Failure> {
+    for _ in 0..100 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", nox.port)).await {
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let request = Endpoint::Health.request(nox.port, &nox.token, 0)?;
+            if let Ok(response) = sender.send_request(request).await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("nox did not become ready".into())
+}
+
+fn markdown(rows: &[Row], memory: &[(String, u64)], notes: &[String]) -> String {
+    let mut out = String::from(
+        "| what | concurrency | requests | req/s | p50 ms | p99 ms | errors | wrong |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            r.what, r.concurrency, r.requests, r.per_second, r.p50_ms, r.p99_ms, r.errors, r.wrong
+        );
+    }
+    out.push_str("\n| resident memory | KiB |\n|---|---:|\n");
+    for (what, kib) in memory {
+        let _ = writeln!(out, "| {what} | {kib} |");
+    }
+    out.push('\n');
+    for note in notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    out
+}
+
+/// A horizontal bar chart of requests per second, one bar per row.
+#[allow(clippy::cast_precision_loss)]
+fn svg(rows: &[Row]) -> String {
+    let width = 900.0;
+    let bar = 22.0;
+    let left = 300.0;
+    let max = rows.iter().map(|r| r.per_second).fold(1.0, f64::max);
+    let height = 40.0 + bar * 1.3 * rows.len() as f64;
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12"><text x="10" y="20" font-size="14">nox benchmark: requests (or spawns) per second, closed loop; label: p50 / p99 ms</text>"#
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let y = 35.0 + i as f64 * bar * 1.3;
+        let length = (width - left - 160.0) * r.per_second / max;
+        let colour = if r.what.starts_with("floor") {
+            "#999"
+        } else {
+            "#3a7"
+        };
+        let _ = write!(
+            out,
+            r#"<text x="10" y="{:.0}">{} (c={})</text><rect x="{left}" y="{y:.0}" width="{length:.0}" height="{bar}" fill="{colour}"/><text x="{:.0}" y="{:.0}">{:.0}/s  {:.2} / {:.2}</text>"#,
+            y + 15.0,
+            r.what,
+            r.concurrency,
+            left + length + 5.0,
+            y + 15.0,
+            r.per_second,
+            r.p50_ms,
+            r.p99_ms
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn main() -> Result<(), Failure> {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3.0);
+    let settings = Settings {
+        duration: Duration::from_secs_f64(seconds),
+    };
+    let bin = std::env::current_exe()?
+        .parent()
+        .ok_or("no binary directory")?
+        .to_path_buf();
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::create_dir_all(&out_dir)?;
+
+    let mut rows = vec![
+        spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 1, settings),
+        spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 2, settings),
+        spawn_floor(
+            "floor: python3 -I -S -c pass",
+            "/usr/bin/python3",
+            &["-I", "-S", "-c", "pass"],
+            1,
+            settings,
+        ),
+    ];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let nox = start_nox(&bin)?;
+    let mut memory = Vec::new();
+    runtime.block_on(async {
+        wait_ready(&nox).await?;
+        // Warm up: the first Python job starts the zygote.
+        let _ = load(
+            Endpoint::RunPy,
+            &nox,
+            1,
+            Settings {
+                duration: Duration::from_millis(300),
+            },
+            Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        memory.push(("nox-frontend idle".to_owned(), rss_kib(nox.frontend.id())));
+        memory.push(("nox-executor idle".to_owned(), rss_kib(nox.executor.id())));
+        let peak = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        for endpoint in [
+            Endpoint::Health,
+            Endpoint::RunSh,
+            Endpoint::RunPy,
+            Endpoint::Put,
+        ] {
+            for concurrency in [1, 8, 32] {
+                let measured =
+                    load(endpoint, &nox, concurrency, settings, Arc::clone(&peak)).await?;
+                eprintln!(
+                    "{:<28} c={:<3} {:>8.0}/s p50 {:>7.2} ms p99 {:>7.2} ms errors {} wrong {}",
+                    measured.what,
+                    concurrency,
+                    measured.per_second,
+                    measured.p50_ms,
+                    measured.p99_ms,
+                    measured.errors,
+                    measured.wrong
+                );
+                rows.push(measured);
+            }
+        }
+        memory.push((
+            "nox-frontend peak under load".to_owned(),
+            peak[0].load(Ordering::Relaxed),
+        ));
+        memory.push((
+            "nox-executor peak under load".to_owned(),
+            peak[1].load(Ordering::Relaxed),
+        ));
+        Ok::<_, Failure>(())
+    })?;
+    drop(nox);
+
+    let floor = |what: &str, c: usize| {
+        rows.iter()
+            .find(|r| r.what.contains(what) && r.concurrency == c)
+            .cloned()
+    };
+    let nox_row = |what: &str, c: usize| {
+        rows.iter()
+            .find(|r| r.what.starts_with(what) && r.concurrency == c)
+            .cloned()
+    };
+    let mut notes = Vec::new();
+    if let (Some(f), Some(n)) = (floor("/bin/true", 1), nox_row("POST /run_sh", 1)) {
+        notes.push(format!("/run_sh true p50 at c=1 is {:.2} ms above the spawn floor measured in this run ({:.2} ms vs {:.2} ms)", n.p50_ms - f.p50_ms, n.p50_ms, f.p50_ms));
+    }
+    if let (Some(f), Some(n)) = (floor("/bin/true", 2), nox_row("POST /run_sh", 32)) {
+        notes.push(format!(
+            "/run_sh true at c=32 reaches {:.0} % of the two-spawner floor's throughput",
+            100.0 * n.per_second / f.per_second
+        ));
+    }
+    if let (Some(f), Some(n)) = (floor("python3", 1), nox_row("POST /run_py", 1)) {
+        notes.push(format!(
+            "/run_py p50 at c=1 is {:.2} ms; a bare `python3 -I -S -c pass` takes {:.2} ms",
+            n.p50_ms, f.p50_ms
+        ));
+    }
+    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    notes.push(format!(
+        "{} s per cell; load average at the end: {}",
+        seconds,
+        load_average
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    let table = markdown(&rows, &memory, &notes);
+    println!("{table}");
+    std::fs::write(out_dir.join("latest.md"), &table)?;
+    std::fs::write(out_dir.join("latest.svg"), svg(&rows))?;
+    eprintln!(
+        "wrote {} and latest.svg",
+        out_dir.join("latest.md").display()
+    );
+    Ok(())
+}
