@@ -175,6 +175,11 @@ def main():
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    # Everything imported so far goes to the permanent generation: the collector in a job's
+    # process never walks (and so never copies) those pages.
+    import gc
+    gc.collect()
+    gc.freeze()
     send({"op": "ready", "pid": os.getpid()})
     while True:
         ready, _, _ = select.select([CONTROL, wake_read], [], [])
