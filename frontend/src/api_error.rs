@@ -8,8 +8,9 @@
 use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use nox_protocol::{ErrorKind, PathError, WireError};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 
+use crate::api_types::ErrorBody;
 use crate::body::{Body, full};
 use crate::executor::ExecutorError;
 
@@ -160,23 +161,23 @@ impl ApiError {
     }
 
     /// `{"error", "message", "detail"}`.
-    pub fn body(&self) -> Map<String, Value> {
-        let mut body = Map::new();
-        body.insert("error".into(), json!(self.code));
-        body.insert("message".into(), json!(self.message));
-        body.insert("detail".into(), json!(self.message));
-        body
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message.clone(),
+            detail: self.message.clone(),
+        }
     }
 
     /// The response, with the error body and this error's headers.
     pub fn into_response(self) -> Response<Body> {
         let body = self.body();
-        self.into_response_with(body)
+        self.into_response_with(&body)
     }
 
-    /// The response with `body` instead of the plain error body (`/health` adds a field).
-    pub fn into_response_with(self, body: Map<String, Value>) -> Response<Body> {
-        let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+    /// The response with `body` instead of the plain error body (`/health` adds fields).
+    pub fn into_response_with<T: Serialize>(self, body: &T) -> Response<Body> {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
         let mut response = Response::new(full(bytes));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
@@ -228,6 +229,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt;
+    use serde_json::{Value, json};
 
     use super::*;
 

@@ -56,6 +56,14 @@ pub struct FrontendConfig {
     pub forbidden_commands: Vec<String>,
     /// At shutdown, how long requests in flight may take to finish.
     pub shutdown_grace_s: u64,
+    /// Whether `GET /metrics` is served without a token (for a scraper on a trusted
+    /// network); by default it needs one, like every route but `/health`.
+    pub metrics_public: bool,
+    /// The directory whose file system `GET /system` reports (`disk`); the executor's
+    /// state directory, seen from the frontend.
+    pub state_dir: PathBuf,
+    /// The systemd units whose state `GET /services` reports.
+    pub services: Vec<String>,
     /// Whether `$CREDENTIALS_DIRECTORY/api-token` is read; off in development mode, whose
     /// generated token is the only one.
     #[serde(skip)]
@@ -89,6 +97,37 @@ pub const DEFAULT_FORBIDDEN_COMMANDS: &[&str] = &[
     "pkill",
 ];
 
+/// The units `GET /services` reports by default.
+pub const DEFAULT_SERVICES: &[&str] = &["nox-frontend.service", "nox-executor.service"];
+
+/// Whether `name` is a systemd unit name: `[A-Za-z0-9:_.\\@-]`, a known suffix, at most 255
+/// bytes, not starting with `-` (it is passed to `systemctl` as an argument).
+pub fn is_unit_name(name: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        ".service",
+        ".socket",
+        ".target",
+        ".timer",
+        ".path",
+        ".mount",
+        ".slice",
+        ".scope",
+        ".device",
+        ".swap",
+        ".automount",
+    ];
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('-')
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_.\\@-".contains(c))
+        && SUFFIXES
+            .iter()
+            .any(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
+}
+
 impl Default for FrontendConfig {
     fn default() -> Self {
         FrontendConfig {
@@ -108,6 +147,12 @@ impl Default for FrontendConfig {
                 .map(|&word| word.to_owned())
                 .collect(),
             shutdown_grace_s: 30,
+            metrics_public: false,
+            state_dir: "/var/lib/nox".into(),
+            services: DEFAULT_SERVICES
+                .iter()
+                .map(|&unit| unit.to_owned())
+                .collect(),
             read_credentials_directory: true,
         }
     }
@@ -132,6 +177,9 @@ impl fmt::Debug for FrontendConfig {
             .field("max_connections", &self.max_connections)
             .field("forbidden_commands", &self.forbidden_commands)
             .field("shutdown_grace_s", &self.shutdown_grace_s)
+            .field("metrics_public", &self.metrics_public)
+            .field("state_dir", &self.state_dir)
+            .field("services", &self.services)
             .finish_non_exhaustive()
     }
 }
@@ -160,6 +208,13 @@ impl FrontendConfig {
             ));
         }
         require_absolute("frontend.executor_socket", &self.executor_socket)?;
+        require_absolute("frontend.state_dir", &self.state_dir)?;
+        if let Some(bad) = self.services.iter().find(|unit| !is_unit_name(unit)) {
+            return Err(ConfigError::invalid(
+                "frontend.services",
+                format!("{bad:?} is not a systemd unit name (e.g. \"nox-executor.service\")"),
+            ));
+        }
         let positive: [(&str, u64); 5] = [
             (
                 "frontend.executor_connect_timeout_ms",
@@ -492,6 +547,40 @@ mod tests {
             assert!(config.read_credentials_directory);
             Ok(())
         });
+    }
+
+    #[test]
+    fn unit_names_are_checked_before_they_reach_systemctl() {
+        for good in [
+            "nox-frontend.service",
+            "getty@tty1.service",
+            "a.socket",
+            "x\\x2d.mount",
+        ] {
+            assert!(is_unit_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-H host.service",
+            "nox",
+            ".service",
+            "a b.service",
+            "a;b.service",
+        ] {
+            assert!(!is_unit_name(bad), "{bad}");
+        }
+        let config = FrontendConfig {
+            services: vec!["--all".into()],
+            ..with_token("0123456789abcdef")
+        };
+        let error = config.validate_with_credentials(None).unwrap_err();
+        assert!(error.to_string().contains("frontend.services"), "{error}");
+        let config = FrontendConfig {
+            state_dir: "relative".into(),
+            ..with_token("0123456789abcdef")
+        };
+        let error = config.validate_with_credentials(None).unwrap_err();
+        assert!(error.to_string().contains("frontend.state_dir"), "{error}");
     }
 
     #[test]

@@ -265,6 +265,7 @@ pub async fn run() -> Result<(), DevError> {
     config.token_files.clear();
     config.read_credentials_directory = false;
     config.executor_socket = socket_path.clone();
+    config.state_dir = state_dir.clone();
     config.validate().map_err(DevError::Config)?;
 
     let address = format!("{}:{}", config.bind_addr, config.port);
@@ -291,7 +292,14 @@ pub async fn run() -> Result<(), DevError> {
     };
     print_banner(&url, &token, &state_dir.join("workspaces").join("default"));
 
-    let served = crate::run(listener, config, crate::shutdown_signal()).await;
+    // No supervisor restarts this process: `POST /actions/restart` restarts in-process.
+    let served = crate::run_with(
+        listener,
+        config,
+        crate::shutdown_signal(),
+        crate::RestartMode::InProcess,
+    )
+    .await;
     stop.cancel();
     let _ = supervisor.await;
     let _ = std::fs::remove_file(&socket_path);

@@ -16,13 +16,11 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use nox_protocol::{
-    EntryKind, FileRef, ListRequest, MAX_CHUNK_LEN, PutStart, RelPath, Reply, Request, Saved,
-};
-use serde_json::json;
+use nox_protocol::{FileRef, ListRequest, MAX_CHUNK_LEN, PutStart, RelPath, Reply, Request, Saved};
 
 use crate::AppState;
 use crate::api_error::ApiError;
+use crate::api_types::{DeletedReply, EntryType, FileEntryBody, FileListing, SavedReply};
 use crate::body::{self, Body};
 use crate::executor::{Connection, ExecutorError};
 use crate::uri::{self, UriError};
@@ -55,7 +53,10 @@ fn too_large(limit: u64) -> ApiError {
 fn saved_response(saved: &Saved) -> Response<Body> {
     body::json(
         StatusCode::OK,
-        &json!({"saved": saved.path, "bytes": saved.bytes}),
+        &SavedReply {
+            saved: saved.path.clone(),
+            bytes: saved.bytes,
+        },
     )
 }
 
@@ -98,7 +99,19 @@ pub async fn put_multipart(
             Some(field) if field.name() == Some("f") => {
                 let chunks =
                     field.map(|chunk| chunk.map_err(|error| multipart_error(&error, limit)));
-                let saved = upload(&state, workspace, &path, chunks).await?;
+                // The rest of the form is read (and skipped) before the upload is committed:
+                // a body that turns out malformed after `f` saves nothing.
+                let rest = futures_util::stream::once(async move {
+                    loop {
+                        match multipart.next_field().await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => return None,
+                            Err(error) => return Some(Err(multipart_error(&error, limit))),
+                        }
+                    }
+                })
+                .filter_map(std::future::ready);
+                let saved = upload(&state, workspace, &path, chunks.chain(rest)).await?;
                 return Ok(saved_response(&saved));
             }
             Some(_) => {} // dropped unread: the parser skips it
@@ -216,27 +229,22 @@ pub async fn list(
     let Reply::Listing(listing) = reply else {
         return Err(ApiError::bad_gateway("unexpected reply from the executor"));
     };
-    let files: Vec<_> = listing
+    let files = listing
         .entries
-        .iter()
-        .map(|entry| {
-            let kind = match entry.kind {
-                EntryKind::File => "file",
-                EntryKind::Dir => "dir",
-                EntryKind::Symlink => "symlink",
-                EntryKind::Other => "other",
-            };
-            json!({
-                "path": entry.path,
-                "type": kind,
-                "size": entry.size,
-                "modified_ms": entry.modified_ms,
-            })
+        .into_iter()
+        .map(|entry| FileEntryBody {
+            path: entry.path,
+            kind: EntryType::from(entry.kind),
+            size: entry.size,
+            modified_ms: entry.modified_ms,
         })
         .collect();
     Ok(body::json(
         StatusCode::OK,
-        &json!({"files": files, "truncated": listing.truncated}),
+        &FileListing {
+            files,
+            truncated: listing.truncated,
+        },
     ))
 }
 
@@ -262,7 +270,9 @@ pub async fn delete(
     };
     Ok(body::json(
         StatusCode::OK,
-        &json!({"deleted": deleted.path}),
+        &DeletedReply {
+            deleted: deleted.path,
+        },
     ))
 }
 

@@ -15,17 +15,18 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use nox_protocol::{
-    ExitStatus, JobOutcome, JobSpec, JobStarted, LimitHit, LimitRequest, MAX_JOB_INPUT_LEN,
-    Program, RelPath, Reply, Request, Stream,
+    JobOutcome, JobSpec, JobStarted, LimitHit, LimitRequest, MAX_JOB_INPUT_LEN, Program, RelPath,
+    Reply, Request, Stream,
 };
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::api_error::ApiError;
+use crate::api_types::{
+    JobEvent, JobSummary, LimitsBody, RunPython, RunReply, RunShell, returncode,
+};
 use crate::body::{self, Body};
-use crate::executor::{Connection, ExecutorClient, ExecutorError};
+use crate::executor::{Connection, ExecutorError};
 
 /// Which of the two run endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,40 +35,14 @@ pub enum Language {
     Shell,
 }
 
-/// `/run_py` body (unknown fields are ignored, as the seed did).
-#[derive(Debug, Deserialize)]
-struct RunPython {
-    code: String,
-    #[serde(default = "default_filename")]
-    filename: String,
-    stdin: Option<String>,
-    timeout_s: Option<f64>,
-    limits: Option<LimitsBody>,
-}
-
-fn default_filename() -> String {
-    "run.py".to_owned()
-}
-
-/// `/run_sh` body.
-#[derive(Debug, Deserialize)]
-struct RunShell {
-    cmd: String,
-    stdin: Option<String>,
-    timeout_s: Option<f64>,
-    limits: Option<LimitsBody>,
-}
-
-/// Per-request limits, in the units of the configuration; each may only lower the ceiling
-/// (the executor clamps).
-#[derive(Debug, Default, Deserialize)]
-struct LimitsBody {
-    cpu_s: Option<f64>,
-    memory_mb: Option<f64>,
-    processes: Option<f64>,
-    file_size_mb: Option<f64>,
-    open_files: Option<f64>,
-    output_kb: Option<f64>,
+impl Language {
+    /// The label in logs and metrics (`nox_protocol::Program::language`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Shell => "shell",
+        }
+    }
 }
 
 /// How the client wants the output.
@@ -125,6 +100,7 @@ pub async fn run(
         Language::Shell => {
             let body: RunShell = read_json(request, limit).await?;
             if let Some(word) = state.denylist.forbidden_word(&body.cmd) {
+                state.metrics.job_refused(language.label());
                 return Err(ApiError::forbidden_command(word));
             }
             let limits = limit_request(body.timeout_s, body.limits.as_ref())?;
@@ -154,7 +130,13 @@ pub async fn run(
         "job requested"
     );
 
-    let (connection, first) = state.executor.call(Request::Run(spec)).await?;
+    let (connection, first) = match state.executor.call(Request::Run(spec)).await {
+        Ok(called) => called,
+        Err(error) => {
+            state.metrics.job_refused(language.label());
+            return Err(error.into());
+        }
+    };
     let started = match first {
         Reply::Started(started) if started.job_id == job_id => started,
         Reply::Started(_) => {
@@ -164,14 +146,20 @@ pub async fn run(
         }
         Reply::Error(wire) => {
             state.executor.release(connection);
+            state.metrics.job_refused(language.label());
             tracing::info!(job_id, error = %wire, "job refused");
             return Err(ApiError::wire(&wire));
         }
         other => return Err(ExecutorError::unexpected("Started", other).into()),
     };
+    state
+        .metrics
+        .job_started(language.label(), started.queued_ms);
     let job = RunningJob {
         connection: Some(connection),
         job_id: job_id.to_owned(),
+        language,
+        queued_ms: started.queued_ms,
     };
     match mode {
         OutputMode::Json => collect(&state, job, &started).await,
@@ -221,6 +209,15 @@ async fn read_json<T: DeserializeOwned>(
         Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(_) => return Err(ApiError::bad_request("could not read the request body")),
     };
+    // Objects only: serde would also fill a struct from a JSON array, field by field.
+    // (Checked on the bytes: going through `serde_json::Value` would hide duplicate keys.)
+    if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the JSON body must be an object",
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|error| ApiError::invalid_json(&error))
 }
 
@@ -261,6 +258,8 @@ fn scaled(key: &str, value: Option<f64>, scale: f64) -> Result<Option<u64>, ApiE
 struct RunningJob {
     connection: Option<Connection>,
     job_id: String,
+    language: Language,
+    queued_ms: u64,
 }
 
 impl RunningJob {
@@ -288,10 +287,12 @@ impl RunningJob {
         }
     }
 
-    /// The job finished: its connection can serve the next request.
-    fn finish(mut self, client: &ExecutorClient) {
+    /// The job finished: count it, and its connection can serve the next request.
+    fn finish(mut self, state: &AppState, outcome: &JobOutcome) {
+        state.metrics.job_finished(self.language.label(), outcome);
+        log_finished(outcome);
         if let Some(connection) = self.connection.take() {
-            client.release(connection);
+            state.executor.release(connection);
         }
     }
 }
@@ -335,24 +336,17 @@ async fn collect(
             }
         }
     };
-    job.finish(&state.executor);
-    log_finished(&outcome);
-    let mut reply = summary(&outcome);
-    reply.insert(
-        "stdout".into(),
-        json!(String::from_utf8_lossy(&stdout.bytes)),
-    );
-    reply.insert(
-        "stderr".into(),
-        json!(String::from_utf8_lossy(&stderr.bytes)),
-    );
-    if stdout.truncated {
-        reply.insert("stdout_truncated".into(), json!(true));
-    }
-    if stderr.truncated {
-        reply.insert("stderr_truncated".into(), json!(true));
-    }
-    Ok(body::json(StatusCode::OK, &Value::Object(reply)))
+    let queued_ms = job.queued_ms;
+    job.finish(state, &outcome);
+    let mut summary = JobSummary::new(&outcome, queued_ms);
+    summary.stdout_truncated |= stdout.truncated;
+    summary.stderr_truncated |= stderr.truncated;
+    let reply = RunReply {
+        stdout: String::from_utf8_lossy(&stdout.bytes).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr.bytes).into_owned(),
+        summary,
+    };
+    Ok(body::json(StatusCode::OK, &reply))
 }
 
 /// Bytes up to a cap, remembering whether more came.
@@ -391,14 +385,6 @@ fn log_finished(outcome: &JobOutcome) {
     );
 }
 
-/// Python's `subprocess` convention: the exit code, or minus the signal number.
-pub fn returncode(status: ExitStatus) -> i64 {
-    match status {
-        ExitStatus::Exited(code) => i64::from(code),
-        ExitStatus::Signaled(signal) => -i64::from(signal),
-    }
-}
-
 fn limit_name(limit: LimitHit) -> &'static str {
     match limit {
         LimitHit::Timeout => "timeout",
@@ -408,39 +394,13 @@ fn limit_name(limit: LimitHit) -> &'static str {
     }
 }
 
-/// Every reply field but `stdout` and `stderr`.
-fn summary(outcome: &JobOutcome) -> serde_json::Map<String, Value> {
-    let signal = match outcome.status {
-        ExitStatus::Signaled(signal) => Some(signal),
-        ExitStatus::Exited(_) => None,
-    };
-    let value = json!({
-        "returncode": returncode(outcome.status),
-        "timed_out": outcome.timed_out,
-        "signal": signal,
-        "limit_hit": outcome.limit_hit.map(limit_name),
-        "duration_ms": outcome.duration_ms,
-        "stdout_truncated": outcome.stdout_truncated,
-        "stderr_truncated": outcome.stderr_truncated,
-        "job_id": outcome.job_id,
-        "usage": {
-            "user_ms": outcome.usage.user_ms,
-            "system_ms": outcome.usage.system_ms,
-            "max_rss_kib": outcome.usage.max_rss_kib,
-        },
-    });
-    match value {
-        Value::Object(map) => map,
-        _ => serde_json::Map::new(),
-    }
-}
-
 /// Stream the job's frames to the client as they arrive.
 fn stream(state: Arc<AppState>, job: RunningJob, mode: OutputMode) -> Response<Body> {
     let first = event(
         mode,
-        "started",
-        json!({"type": "started", "job_id": job.job_id}),
+        &JobEvent::Started {
+            job_id: job.job_id.clone(),
+        },
     );
     let events = JobEvents {
         state,
@@ -498,37 +458,31 @@ impl JobEvents {
                 };
                 let text = carry.push(&chunk.data);
                 if !text.is_empty() {
-                    self.pending.push_back(event(
-                        self.mode,
-                        name,
-                        json!({"type": name, "data": text}),
-                    ));
+                    self.pending
+                        .push_back(event(self.mode, &output_event(name, text)));
                 }
             }
             Ok(Reply::Finished(outcome)) => {
                 for (name, carry) in [("stdout", &mut self.stdout), ("stderr", &mut self.stderr)] {
                     let text = carry.finish();
                     if !text.is_empty() {
-                        self.pending.push_back(event(
-                            self.mode,
-                            name,
-                            json!({"type": name, "data": text}),
-                        ));
+                        self.pending
+                            .push_back(event(self.mode, &output_event(name, text)));
                     }
                 }
-                let mut finished = summary(&outcome);
-                finished.insert("type".into(), json!("finished"));
-                self.pending
-                    .push_back(event(self.mode, "finished", Value::Object(finished)));
-                log_finished(&outcome);
+                let finished = JobEvent::Finished(JobSummary::new(&outcome, self.job.queued_ms));
+                self.pending.push_back(event(self.mode, &finished));
+                let language = self.job.language;
                 let job = std::mem::replace(
                     &mut self.job,
                     RunningJob {
                         connection: None,
                         job_id: String::new(),
+                        language,
+                        queued_ms: 0,
                     },
                 );
-                job.finish(&self.state.executor);
+                job.finish(&self.state, &outcome);
                 self.done = true;
             }
             Ok(_) => self.fail(&ApiError::bad_gateway("unexpected reply from the executor")),
@@ -545,15 +499,38 @@ impl JobEvents {
     }
 
     fn fail(&mut self, error: &ApiError) {
-        let value = json!({"type": "error", "error": error.code(), "message": error.message()});
-        self.pending.push_back(event(self.mode, "error", value));
+        let value = JobEvent::Error {
+            error: error.code().to_owned(),
+            message: error.message().to_owned(),
+        };
+        self.pending.push_back(event(self.mode, &value));
         self.done = true;
     }
 }
 
+fn output_event(name: &str, data: String) -> JobEvent {
+    if name == "stderr" {
+        JobEvent::Stderr { data }
+    } else {
+        JobEvent::Stdout { data }
+    }
+}
+
+/// The SSE event name of `event` (its `type`).
+fn event_name(event: &JobEvent) -> &'static str {
+    match event {
+        JobEvent::Started { .. } => "started",
+        JobEvent::Stdout { .. } => "stdout",
+        JobEvent::Stderr { .. } => "stderr",
+        JobEvent::Finished(_) => "finished",
+        JobEvent::Error { .. } => "error",
+    }
+}
+
 /// One event: an NDJSON line, or a server-sent event.
-fn event(mode: OutputMode, name: &str, value: Value) -> Bytes {
-    let json = serde_json::to_string(&value).unwrap_or_default();
+fn event(mode: OutputMode, value: &JobEvent) -> Bytes {
+    let json = serde_json::to_string(value).unwrap_or_default();
+    let name = event_name(value);
     match mode {
         OutputMode::EventStream => Bytes::from(format!("event: {name}\ndata: {json}\n\n")),
         _ => Bytes::from(format!("{json}\n")),
@@ -669,12 +646,6 @@ mod tests {
     }
 
     #[test]
-    fn a_signal_is_a_negative_returncode() {
-        assert_eq!(returncode(ExitStatus::Exited(3)), 3);
-        assert_eq!(returncode(ExitStatus::Signaled(9)), -9);
-    }
-
-    #[test]
     fn utf8_split_across_chunks_is_joined() {
         let text = "é€😀";
         let bytes = text.as_bytes();
@@ -693,14 +664,14 @@ mod tests {
 
     #[test]
     fn events_are_ndjson_lines_or_server_sent_events() {
-        let value = json!({"type": "stdout", "data": "a\nb"});
+        let value = output_event("stdout", "a\nb".to_owned());
         assert_eq!(
-            event(OutputMode::Ndjson, "stdout", value.clone()),
-            Bytes::from("{\"data\":\"a\\nb\",\"type\":\"stdout\"}\n")
+            event(OutputMode::Ndjson, &value),
+            Bytes::from("{\"type\":\"stdout\",\"data\":\"a\\nb\"}\n")
         );
         assert_eq!(
-            event(OutputMode::EventStream, "stdout", value),
-            Bytes::from("event: stdout\ndata: {\"data\":\"a\\nb\",\"type\":\"stdout\"}\n\n")
+            event(OutputMode::EventStream, &value),
+            Bytes::from("event: stdout\ndata: {\"type\":\"stdout\",\"data\":\"a\\nb\"}\n\n")
         );
     }
 }

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api_error;
+pub mod api_types;
 pub mod auth;
 mod body;
 pub mod config;
@@ -21,7 +22,10 @@ pub mod dev;
 pub mod executor;
 mod files;
 mod health;
+mod host;
 mod jobs;
+pub mod metrics;
+pub mod openapi;
 pub mod random;
 mod routes;
 mod server;
@@ -32,9 +36,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 pub use config::FrontendConfig;
 use nox_protocol::config::ConfigError;
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 /// Why the frontend could not serve.
 #[derive(Debug, Error)]
@@ -72,15 +78,83 @@ pub(crate) struct AppState {
     pub tokens: auth::Tokens,
     pub denylist: denylist::Denylist,
     pub executor: executor::ExecutorClient,
+    pub metrics: Arc<metrics::Metrics>,
+    /// `GET /openapi.json`, built once.
+    pub openapi: Bytes,
+    pub cpu: host::CpuSampler,
+    /// Cancelled by `POST /actions/restart`.
+    pub restart: CancellationToken,
 }
 
-/// Serve HTTP on `listener` until `shutdown` completes; then stop accepting, let requests
-/// in flight finish for up to `shutdown_grace_s`, and return.
+/// What `POST /actions/restart` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartMode {
+    /// Stop serving (gracefully) and return from [`run_with`]: under systemd the process
+    /// exits with status 0 and `Restart=always` starts it again on the socket systemd keeps.
+    Exit,
+    /// Drain, then serve again on the same listener with a fresh state (configuration
+    /// validated again, token files re-read): `nox-frontend dev`, which has no supervisor.
+    InProcess,
+}
+
+/// Serve HTTP on `listener` until `shutdown` completes or a restart is asked for; then stop
+/// accepting, let requests in flight finish for up to `shutdown_grace_s`, and return.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: FrontendConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), FrontendError> {
+    run_with(listener, config, shutdown, RestartMode::Exit).await
+}
+
+/// [`run`], with the given behaviour for `POST /actions/restart`.
+pub async fn run_with(
+    listener: tokio::net::TcpListener,
+    config: FrontendConfig,
+    shutdown: impl Future<Output = ()>,
+    restart_mode: RestartMode,
+) -> Result<(), FrontendError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let openapi = Bytes::from(openapi::document());
+    loop {
+        let state = Arc::new(app_state(
+            &listener,
+            config.clone(),
+            Arc::clone(&metrics),
+            openapi.clone(),
+        )?);
+        let (stop, connections) = server::accept_until(&listener, &state, &mut shutdown).await;
+        let grace = Duration::from_secs(state.config.shutdown_grace_s);
+        match (stop, restart_mode) {
+            (server::Stop::Restart, RestartMode::InProcess) => {
+                tracing::info!("restarting in process; new connections wait in the backlog");
+                server::drain(connections, grace).await;
+            }
+            (server::Stop::Restart, RestartMode::Exit) => {
+                tracing::info!(
+                    "restart requested: exiting for the service manager to start us again"
+                );
+                drop(listener);
+                server::drain(connections, grace).await;
+                return Ok(());
+            }
+            (server::Stop::Shutdown, _) => {
+                drop(listener);
+                server::drain(connections, grace).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Validate `config` and build the state requests share.
+fn app_state(
+    listener: &tokio::net::TcpListener,
+    config: FrontendConfig,
+    metrics: Arc<metrics::Metrics>,
+    openapi: Bytes,
+) -> Result<AppState, FrontendError> {
     let tokens = config.validate().map_err(FrontendError::Config)?;
     for workspace in tokens.short_token_workspaces(config::SHORT_TOKEN_LEN) {
         tracing::warn!(
@@ -96,18 +170,21 @@ pub async fn run(
         config.executor_socket.clone(),
         Duration::from_millis(config.executor_connect_timeout_ms),
     );
-    let state = Arc::new(AppState {
+    let state = AppState {
         denylist: denylist::Denylist::new(&config.forbidden_commands),
         tokens,
         executor,
         config,
-    });
+        metrics,
+        openapi,
+        cpu: host::CpuSampler::default(),
+        restart: CancellationToken::new(),
+    };
     tracing::info!(
         %address,
         executor_socket = %state.config.executor_socket.display(),
         tokens = state.tokens.len(),
         "nox-frontend listening"
     );
-    server::serve(listener, state, shutdown).await;
-    Ok(())
+    Ok(state)
 }

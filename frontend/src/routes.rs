@@ -5,19 +5,26 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, Method, Response};
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::AppState;
 use crate::api_error::ApiError;
-use crate::body::Body;
+use crate::api_types::RestartReply;
+use crate::body::{self, Body};
 use crate::jobs::Language;
-use crate::{files, health, jobs, random, uri};
+use crate::{files, health, host, jobs, random, uri};
 
 /// The endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
     Health,
+    OpenApi,
+    Metrics,
+    System,
+    Services,
+    Restart,
     Put,
     Run(Language),
     ListFiles,
@@ -26,10 +33,31 @@ pub enum Route<'a> {
 }
 
 impl Route<'_> {
+    /// One request path per route (`x` stands for a file path).
+    #[cfg(test)]
+    pub const EVERY_PATH: [&'static str; 11] = [
+        "/health",
+        "/openapi.json",
+        "/metrics",
+        "/system",
+        "/services",
+        "/actions/restart",
+        "/put",
+        "/run_py",
+        "/run_sh",
+        "/files",
+        "/files/x",
+    ];
+
     /// The route of a request path, if any.
     pub fn of(path: &str) -> Option<Route<'_>> {
         match path {
             "/health" => Some(Route::Health),
+            "/openapi.json" => Some(Route::OpenApi),
+            "/metrics" => Some(Route::Metrics),
+            "/system" => Some(Route::System),
+            "/services" => Some(Route::Services),
+            "/actions/restart" => Some(Route::Restart),
             "/put" => Some(Route::Put),
             "/run_py" => Some(Route::Run(Language::Python)),
             "/run_sh" => Some(Route::Run(Language::Shell)),
@@ -41,21 +69,44 @@ impl Route<'_> {
     /// The methods the route answers, as an `Allow` value.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Health | Route::ListFiles => "GET",
-            Route::Put | Route::Run(_) => "POST",
+            Route::Health
+            | Route::OpenApi
+            | Route::Metrics
+            | Route::System
+            | Route::Services
+            | Route::ListFiles => "GET",
+            Route::Put | Route::Run(_) | Route::Restart => "POST",
             Route::File(_) => "GET, PUT, DELETE",
         }
     }
 
     fn allows(&self, method: &Method) -> bool {
+        self.allow()
+            .split(", ")
+            .any(|allowed| allowed == method.as_str())
+    }
+
+    /// The `route` label of `nox_http_requests_total`.
+    pub fn label(&self) -> &'static str {
         match self {
-            Route::Health | Route::ListFiles => method == Method::GET,
-            Route::Put | Route::Run(_) => method == Method::POST,
-            Route::File(_) => {
-                method == Method::GET || method == Method::PUT || method == Method::DELETE
-            }
+            Route::Health => "health",
+            Route::OpenApi => "openapi",
+            Route::Metrics => "metrics",
+            Route::System => "system",
+            Route::Services => "services",
+            Route::Restart => "restart",
+            Route::Put => "put",
+            Route::Run(Language::Python) => "run_py",
+            Route::Run(Language::Shell) => "run_sh",
+            Route::ListFiles => "files",
+            Route::File(_) => "file",
         }
     }
+}
+
+/// The route label of a request path; `unknown` for paths no route serves.
+pub fn route_label(path: &str) -> &'static str {
+    Route::of(path).map_or("unknown", |route| route.label())
 }
 
 /// Total size of the header fields, counted as they were sent (`name: value\r\n`).
@@ -107,6 +158,7 @@ pub async fn handle(
     state: Arc<AppState>,
     request: http::Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let route = route_label(request.uri().path());
     let mut path = request.uri().path().to_owned();
     if path.len() > LOGGED_PATH_LEN {
         let mut cut = LOGGED_PATH_LEN;
@@ -123,11 +175,13 @@ pub async fn handle(
         job_id: None,
         status: None,
     };
-    let response = match dispatch(state, request, &mut log.job_id).await {
+    let response = match dispatch(Arc::clone(&state), request, &mut log.job_id).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    log.status = Some(response.status().as_u16());
+    let status = response.status().as_u16();
+    state.metrics.request(route, status);
+    log.status = Some(status);
     Ok(response)
 }
 
@@ -145,12 +199,20 @@ async fn dispatch(
     if !route.allows(request.method()) {
         return Err(ApiError::method_not_allowed(route.allow()));
     }
-    if route == Route::Health {
-        return Ok(health::health(&state).await);
+    match route {
+        Route::Health => return Ok(health::health(&state).await),
+        Route::OpenApi => return Ok(openapi(&state)),
+        Route::Metrics if state.config.metrics_public => return Ok(metrics(&state).await),
+        _ => {}
     }
     let workspace = state.tokens.authenticate(request.headers())?.to_owned();
     match route {
         Route::Health => Ok(health::health(&state).await),
+        Route::OpenApi => Ok(openapi(&state)),
+        Route::Metrics => Ok(metrics(&state).await),
+        Route::System => Ok(host::system(&state).await),
+        Route::Services => Ok(host::services(&state).await),
+        Route::Restart => Ok(restart(&state, &workspace)),
         Route::Put => files::put_multipart(state, request, &workspace).await,
         Route::Run(language) => {
             let id = random::new_job_id();
@@ -176,6 +238,44 @@ async fn dispatch(
     }
 }
 
+/// `GET /openapi.json`: the document built at start.
+fn openapi(state: &AppState) -> Response<Body> {
+    let mut response = Response::new(body::full(state.openapi.clone()));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// How long `/metrics` waits for the executor's status.
+const METRICS_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /metrics`.
+async fn metrics(state: &AppState) -> Response<Body> {
+    let status = health::executor_status(state, METRICS_STATUS_TIMEOUT)
+        .await
+        .ok();
+    let mut response = Response::new(body::full(state.metrics.render(status.as_ref())));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+/// `POST /actions/restart`: answer 202, then ask the server loop to restart. The short
+/// delay lets the reply leave before the listener stops accepting; the graceful drain
+/// finishes this connection either way.
+fn restart(state: &AppState, workspace: &str) -> Response<Body> {
+    tracing::warn!(workspace, "restart requested over the API");
+    let restart = state.restart.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        restart.cancel();
+    });
+    body::json(StatusCode::ACCEPTED, &RestartReply { restarting: true })
+}
+
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
@@ -196,6 +296,21 @@ mod tests {
         assert!(Route::File("x").allows(&Method::DELETE));
         assert!(!Route::Health.allows(&Method::POST));
         assert_eq!(Route::Run(Language::Shell).allow(), "POST");
+        assert!(Route::Restart.allows(&Method::POST));
+        assert!(!Route::Restart.allows(&Method::GET));
+        assert!(Route::Metrics.allows(&Method::GET));
+    }
+
+    #[test]
+    fn every_path_has_its_own_route_and_label() {
+        let labels: std::collections::BTreeSet<&str> = Route::EVERY_PATH
+            .iter()
+            .map(|path| route_label(path))
+            .collect();
+        assert_eq!(labels.len(), Route::EVERY_PATH.len());
+        assert!(!labels.contains("unknown"));
+        assert_eq!(route_label("/nope"), "unknown");
+        assert_eq!(route_label("/files/a/b"), "file");
     }
 
     #[test]

@@ -14,12 +14,26 @@ use tokio::sync::Semaphore;
 
 use crate::{AppState, routes};
 
-/// Serve until `shutdown`, then drain for up to `shutdown_grace_s`.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()>,
-) {
+/// Why the accept loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The shutdown future completed (SIGTERM, SIGINT).
+    Shutdown,
+    /// `POST /actions/restart` asked for a restart.
+    Restart,
+}
+
+/// Accept connections on `listener` until `shutdown` completes or a restart is asked for
+/// (`state.restart`). The connections still open are returned in `GracefulShutdown`, to be
+/// drained with [`drain`] once the caller decided what to do with the listener.
+pub async fn accept_until<F>(
+    listener: &TcpListener,
+    state: &Arc<AppState>,
+    shutdown: &mut F,
+) -> (Stop, GracefulShutdown)
+where
+    F: Future<Output = ()> + Unpin,
+{
     let config = &state.config;
     let mut builder = http1::Builder::new();
     builder
@@ -30,19 +44,21 @@ pub async fn serve(
         .keep_alive(true);
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let restart = state.restart.clone();
 
-    loop {
+    let stop = loop {
         let permit = tokio::select! {
             permit = Arc::clone(&connections).acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => break,
+                Err(_) => break Stop::Shutdown,
             },
-            () = &mut shutdown => break,
+            () = &mut *shutdown => break Stop::Shutdown,
+            () = restart.cancelled() => break Stop::Restart,
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
+            () = &mut *shutdown => break Stop::Shutdown,
+            () = restart.cancelled() => break Stop::Restart,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -54,7 +70,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
+        let state = Arc::clone(state);
         let service = service_fn(move |request| routes::handle(Arc::clone(&state), request));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -63,14 +79,17 @@ pub async fn serve(
             }
             drop(permit);
         });
-    }
+    };
+    (stop, graceful)
+}
 
-    drop(listener);
-    let grace = Duration::from_secs(state.config.shutdown_grace_s);
+/// Let the connections in `graceful` finish their requests for up to `grace`, then close
+/// the rest.
+pub async fn drain(graceful: GracefulShutdown, grace: Duration) {
     tracing::info!(
         connections = graceful.count(),
         grace_s = grace.as_secs(),
-        "shutting down: no new connections, finishing requests in flight"
+        "stopping: no new connections, finishing requests in flight"
     );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
