@@ -159,7 +159,10 @@ fn kind_of(error: &io::Error) -> ErrorKind {
         // ELOOP: a symlink on the way (RESOLVE_NO_SYMLINKS, O_NOFOLLOW); EXDEV: the path
         // would leave the workspace (RESOLVE_BENEATH).
         Errno::ELOOP | Errno::EXDEV | Errno::ENAMETOOLONG => ErrorKind::InvalidPath,
-        Errno::EISDIR | Errno::ENOTDIR | Errno::ENOTEMPTY | Errno::EEXIST => ErrorKind::Conflict,
+        // ENXIO: a socket (or a FIFO without a writer) planted by a job is not a file.
+        Errno::EISDIR | Errno::ENOTDIR | Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENXIO => {
+            ErrorKind::Conflict
+        }
         Errno::EFBIG | Errno::ENOSPC | Errno::EDQUOT => ErrorKind::TooLarge,
         _ => ErrorKind::Internal,
     }

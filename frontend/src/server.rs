@@ -8,9 +8,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::{AppState, routes};
 
@@ -23,14 +24,26 @@ pub enum Stop {
     Restart,
 }
 
+/// How long a connection accepted before shutdown, but whose first request has not arrived
+/// yet, is given to send it. (hyper's HTTP/1 graceful shutdown closes such a connection at
+/// once, and the client, whose connection was accepted, sees an empty reply.)
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// The connections being served, for [`drain`].
+#[derive(Debug)]
+pub struct Connections {
+    tracker: TaskTracker,
+    draining: CancellationToken,
+}
+
 /// Accept connections on `listener` until `shutdown` completes or a restart is asked for
-/// (`state.restart`). The connections still open are returned in `GracefulShutdown`, to be
-/// drained with [`drain`] once the caller decided what to do with the listener.
+/// (`state.restart`). The connections still open are returned, to be drained with [`drain`]
+/// once the caller decided what to do with the listener.
 pub async fn accept_until<F>(
     listener: &TcpListener,
     state: &Arc<AppState>,
     shutdown: &mut F,
-) -> (Stop, GracefulShutdown)
+) -> (Stop, Connections)
 where
     F: Future<Output = ()> + Unpin,
 {
@@ -43,7 +56,8 @@ where
         .max_buf_size(8192.max(config.max_header_bytes.saturating_mul(4)))
         .keep_alive(true);
     let connections = Arc::new(Semaphore::new(config.max_connections));
-    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
+    let draining = CancellationToken::new();
     let restart = state.restart.clone();
 
     let stop = loop {
@@ -71,28 +85,67 @@ where
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(state);
-        let service = service_fn(move |request| routes::handle(Arc::clone(&state), request));
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
+        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let first_request = Arc::clone(&served);
+        let service = service_fn(move |request| {
+            first_request.store(true, std::sync::atomic::Ordering::Relaxed);
+            routes::handle(Arc::clone(&state), request)
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let draining = draining.clone();
+        tracker.spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => Some(ended),
+                () = draining.cancelled() => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => {
+                    // Accepted, but the first request may still be on its way: keep
+                    // serving the connection until it has arrived (or the grace is over);
+                    // graceful shutdown then lets that request finish.
+                    let first_request = async {
+                        while !served.load(std::sync::atomic::Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    };
+                    let early = tokio::select! {
+                        ended = connection.as_mut() => Some(ended),
+                        () = first_request => None,
+                        () = tokio::time::sleep(FIRST_REQUEST_GRACE) => None,
+                    };
+                    match early {
+                        Some(ended) => ended,
+                        None => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    }
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             drop(permit);
         });
     };
-    (stop, graceful)
+    (stop, Connections { tracker, draining })
 }
 
-/// Let the connections in `graceful` finish their requests for up to `grace`, then close
-/// the rest.
-pub async fn drain(graceful: GracefulShutdown, grace: Duration) {
+/// Let the connections finish their requests for up to `grace`, then close the rest.
+/// A connection accepted before the stop gets [`FIRST_REQUEST_GRACE`] for its first request.
+pub async fn drain(connections: Connections, grace: Duration) {
+    let Connections { tracker, draining } = connections;
     tracing::info!(
-        connections = graceful.count(),
+        connections = tracker.len(),
         grace_s = grace.as_secs(),
         "stopping: no new connections, finishing requests in flight"
     );
+    draining.cancel();
+    tracker.close();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tracker.wait() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
     }
 }

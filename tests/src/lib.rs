@@ -88,6 +88,16 @@ pub fn skip_unless_root(test: &str) -> bool {
     true
 }
 
+/// Says `SKIP <test>: <reason>` out loud (a case that cannot run on this machine); under CI,
+/// where nothing may be skipped, fails instead.
+pub fn skip(test: &str, reason: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} cannot run here ({reason}), and CI must not skip it"
+    );
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+}
+
 /// A random lowercase hex string of `bytes` random bytes.
 pub fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
@@ -1005,6 +1015,12 @@ impl Nox {
         let mut executor = lock(&self.executor);
         let daemon = executor.as_mut()?;
         daemon.exited().is_none().then(|| daemon.pid())
+    }
+
+    /// The frontend's pid, while it runs.
+    pub fn frontend_pid(&self) -> Option<i32> {
+        let mut frontend = lock(&self.frontend);
+        frontend.exited().is_none().then(|| frontend.pid())
     }
 
     /// Kills the executor with SIGKILL (a crash, not a shutdown) and waits for it.

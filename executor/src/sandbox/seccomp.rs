@@ -142,6 +142,35 @@ fn denied_syscalls() -> Vec<(i64, &'static str)> {
         (libc::SYS_clock_settime, "setting the clock"),
         (libc::SYS_clock_adjtime, "adjusting the clock"),
         (libc::SYS_sethostname, "renaming the host"),
+        // System V IPC and POSIX message queues live outside any workspace, are shared by
+        // every job of the host's IPC namespace and outlive the job: cross-job channels.
+        (
+            libc::SYS_shmget,
+            "System V shared memory: a cross-job channel",
+        ),
+        (libc::SYS_shmat, "System V shared memory"),
+        (libc::SYS_shmctl, "System V shared memory"),
+        (libc::SYS_shmdt, "System V shared memory"),
+        (
+            libc::SYS_msgget,
+            "System V message queues: a cross-job channel",
+        ),
+        (libc::SYS_msgsnd, "System V message queues"),
+        (libc::SYS_msgrcv, "System V message queues"),
+        (libc::SYS_msgctl, "System V message queues"),
+        (libc::SYS_semget, "System V semaphores: a cross-job channel"),
+        (libc::SYS_semop, "System V semaphores"),
+        (libc::SYS_semtimedop, "System V semaphores"),
+        (libc::SYS_semctl, "System V semaphores"),
+        (
+            libc::SYS_mq_open,
+            "POSIX message queues: a cross-job channel",
+        ),
+        (libc::SYS_mq_unlink, "POSIX message queues"),
+        (libc::SYS_mq_timedsend, "POSIX message queues"),
+        (libc::SYS_mq_timedreceive, "POSIX message queues"),
+        (libc::SYS_mq_notify, "POSIX message queues"),
+        (libc::SYS_mq_getsetattr, "POSIX message queues"),
         (libc::SYS_setdomainname, "renaming the host"),
     ]
 }
@@ -268,6 +297,10 @@ mod tests {
             libc::SYS_setns,
             libc::SYS_setsid,
             libc::SYS_setpgid,
+            libc::SYS_shmget,
+            libc::SYS_msgget,
+            libc::SYS_semget,
+            libc::SYS_mq_open,
         ] {
             assert_eq!(
                 rules.get(&number).map(Vec::len),

@@ -3,7 +3,8 @@
 # Started by the executor as the sandbox user, with no capabilities, no_new_privs, a clean
 # environment and its own process group; it never runs job code itself. It listens on
 # descriptor 3 (a SOCK_SEQPACKET socket to the executor) and holds the job seccomp program
-# on descriptor 4. For each "run" message (JSON, with descriptors attached) it forks; the
+# on descriptor 4. For each "run" message (only an id, with descriptors attached: stdio, the
+# workspace, the code, the job's details, its Landlock ruleset) it forks; the
 # child puts itself in its own process group, takes the job's stdio, enters the workspace,
 # lowers its rlimits, closes every other descriptor (the control socket first of all),
 # restricts itself with the job's Landlock ruleset and loads the seccomp program, reports
@@ -36,14 +37,18 @@ def send(message):
     CONTROL.send(json.dumps(message).encode())
 
 
-def run_job(spec, fds, report):
+def run_job(fds, report):
     """In the forked child. Never returns."""
     step = "process group"
     try:
         os.setpgid(0, 0)
         step = "standard descriptors"
-        stdin, stdout, stderr, workdir, code_fd = fds[:5]
-        landlock = fds[5] if len(fds) > 5 else -1
+        stdin, stdout, stderr, workdir, code_fd, spec_fd = fds[:6]
+        landlock = fds[6] if len(fds) > 6 else -1
+        # The job's details arrive here, read only by this process: the zygote never
+        # parses them, so no later fork inherits them in its memory.
+        with open(spec_fd, "rb", closefd=False) as f:
+            spec = json.loads(f.read())
         os.dup2(stdin, 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
@@ -124,12 +129,12 @@ def exit_status(exit):
     return 1
 
 
-def start(spec, fds):
+def start(message, fds):
     report_read, report_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(report_read)
-        run_job(spec, fds, report_write)
+        run_job(fds, report_write)
     os.close(report_write)
     for fd in fds:
         os.close(fd)
@@ -142,11 +147,11 @@ def start(spec, fds):
         answer += chunk
     os.close(report_read)
     if answer == b"ok":
-        send({"op": "started", "id": spec["id"], "pid": pid})
+        send({"op": "started", "id": message["id"], "pid": pid})
     else:
         text = answer[1:].decode("utf-8", "replace") if answer[:1] == b"E" else "\0"
         step, _, errno = text.partition("\0")
-        send({"op": "failed", "id": spec["id"], "pid": pid, "step": step or "exec",
+        send({"op": "failed", "id": message["id"], "pid": pid, "step": step or "exec",
               "errno": int(errno or 0)})
 
 

@@ -224,16 +224,6 @@ impl Zygote {
                 source,
             })?;
         let code = spawn::memfd_with(job.code).map_err(SandboxError::Pipe)?;
-        let mut fds: Vec<RawFd> = vec![
-            stdin_read.as_raw_fd(),
-            stdout_write.as_raw_fd(),
-            stderr_write.as_raw_fd(),
-            workdir.as_raw_fd(),
-            code.as_raw_fd(),
-        ];
-        if let Some(ruleset) = &landlock {
-            fds.push(ruleset.as_raw_fd());
-        }
         let rlimits: Vec<[u64; 3]> = spawn::rlimits_for(job.limits, process_allowance)
             .into_iter()
             .map(|(resource, limit)| [resource_number(resource), limit.rlim_cur, limit.rlim_max])
@@ -243,15 +233,29 @@ impl Zygote {
             .iter()
             .map(|(key, value)| (key.clone(), json!(value)))
             .collect();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let message = json!({
-            "op": "run",
-            "id": id,
+        // The details go in a memfd that only the job's process reads: the zygote never
+        // holds them, so no later fork can find them in its memory.
+        let details = json!({
             "display": job.display,
             "filename": job.filename,
             "env": env,
             "rlimits": rlimits,
         });
+        let details =
+            spawn::memfd_with(details.to_string().as_bytes()).map_err(SandboxError::Pipe)?;
+        let mut fds: Vec<RawFd> = vec![
+            stdin_read.as_raw_fd(),
+            stdout_write.as_raw_fd(),
+            stderr_write.as_raw_fd(),
+            workdir.as_raw_fd(),
+            code.as_raw_fd(),
+            details.as_raw_fd(),
+        ];
+        if let Some(ruleset) = &landlock {
+            fds.push(ruleset.as_raw_fd());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let message = json!({"op": "run", "id": id});
         let (reply_sender, reply) = mpsc::channel();
         lock(&self.pending).starts.insert(id, reply_sender);
         let started = Instant::now();
