@@ -4,7 +4,8 @@
 #
 #   1. system packages the tests use (systemd-socket-activate, python3, curl, git, a C linker)
 #   2. the users the executor expects: group `nox`, user `nox-sandbox`
-#   3. cargo fmt --check, clippy -D warnings, build, test
+#   3. cargo fmt --check, clippy -D warnings, build, test (unit, end-to-end, adversarial,
+#      clients), then the boot test of the systemd units in a container
 #   4. cargo deny (advisories from shared/advisory-db.bundle, licenses, bans, sources)
 #
 # As root nothing is skipped; as an ordinary user steps 1-2 are skipped (with a note) and
@@ -28,6 +29,7 @@ command -v systemd-socket-activate >/dev/null 2>&1 || missing+=(systemd)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -eq 0 ]; then
   note "all present"
 elif is_root && command -v apt-get >/dev/null 2>&1; then
@@ -65,8 +67,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 run_step "cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked
 
+run_step "python tools for the API tests (openapi-spec-validator, schemathesis, prometheus parser)"
+clients/tools/pytools.sh
+
 run_step "cargo test --workspace --locked"
 cargo test --workspace --locked
+
+# The production units under a real systemd 252 (systemd-nspawn on a throwaway overlay of /),
+# through real nginx and Caddy. Needs root; says SKIP otherwise. Builds release binaries.
+run_step "boot test: tests/boot/run.sh"
+tests/boot/run.sh
 
 # --- 4. supply chain ----------------------------------------------------------------------
 run_step "cargo deny (advisories, licenses, bans, sources)"
