@@ -540,3 +540,30 @@ async fn the_cold_python_path_still_works() {
     }
     assert_eq!(stdout, b"1\n");
 }
+
+#[tokio::test]
+async fn running_jobs_never_changes_the_ids_of_the_executors_own_threads() {
+    // Jobs start with clone(CLONE_VM): a libc set*id wrapper in the child would change the
+    // ids of every thread of the executor. This test process hosts the runner.
+    let before = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ids = |status: &str| -> Vec<String> {
+        status
+            .lines()
+            .filter(|line| {
+                line.starts_with("Uid:") || line.starts_with("Gid:") || line.starts_with("Groups:")
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    for _ in 0..5 {
+        shell("true").await;
+    }
+    python("print(1)").await;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let status =
+            std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        if !status.is_empty() {
+            assert_eq!(ids(&status), ids(&before), "a thread's ids changed");
+        }
+    }
+}

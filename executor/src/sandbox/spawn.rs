@@ -8,8 +8,11 @@
 //! CAP_SYS_RESOURCE afterwards); `no_new_privs` before Landlock and seccomp because both
 //! require it without CAP_SYS_ADMIN; seccomp last so no earlier step can be refused by it.
 //!
-//! After `fork` the child runs only async-signal-safe system calls on data prepared before
-//! the fork: no allocation, no locks, no logging. A failing step writes `(step, errno)` to a
+//! The child is started like posix_spawn does it, `clone(CLONE_VM | CLONE_VFORK)` on its own
+//! stack: it shares the executor's memory until it execs, so it runs only async-signal-safe
+//! system calls on data prepared before the clone, writes nothing but its own stack, and
+//! changes ids with raw system calls (glibc's wrappers would reach the executor's threads).
+//! No allocation, no locks, no logging. A failing step writes `(step, errno)` to a
 //! close-on-exec pipe and exits 127; the executor reads that pipe until EOF, which comes
 //! either with those 8 bytes or with a successful exec.
 
@@ -229,19 +232,15 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
         error_fd: error_write.as_raw_fd(),
     };
 
+    // The child's own stack: it shares our memory (CLONE_VM) until it execs.
+    let mut stack = vec![0u8; CHILD_STACK];
     let guard = reaper.lock_for_spawn();
     let started = Instant::now();
-    // SAFETY: fork has no preconditions. The child branch calls only `child_main`, which
-    // uses async-signal-safe system calls on memory prepared above and never returns.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: we are the freshly forked child; `raw` points into memory that the
-        // fork copied and that stays valid until exec or _exit.
-        unsafe { child_main(&raw) }
-    }
+    let pid = clone_vfork(&raw, &mut stack);
     if pid < 0 {
         return Err(SandboxError::Fork(io::Error::last_os_error()));
     }
+    drop(stack);
     let exit = guard.watch(pid);
 
     // The child's ends belong to the child now; closing ours lets EOF and EPIPE work.
@@ -262,6 +261,47 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
             source: io::Error::from_raw_os_error(errno),
         }),
         Err(error) => Err(SandboxError::Pipe(error)),
+    }
+}
+
+/// Stack of the child between clone and exec.
+const CHILD_STACK: usize = 256 * 1024;
+
+/// Start the child as posix_spawn does: `clone(CLONE_VM | CLONE_VFORK)` on its own stack,
+/// so no page table is copied and no copy-on-write fault or TLB shootdown hits the
+/// executor's threads; this thread is suspended until the child execs or exits. Returns
+/// the child's pid, or -1 with errno set.
+fn clone_vfork(plan: &RawPlan<'_>, stack: &mut [u8]) -> libc::pid_t {
+    extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&RawPlan` passed to clone below, alive in the suspended
+        // parent's frame until the child execs or exits.
+        let plan = unsafe { &*arg.cast::<RawPlan<'_>>() };
+        // SAFETY: we are the new child, sharing the parent's memory; child_main only makes
+        // system calls on prepared data and writes only to this stack.
+        unsafe { child_main(plan) }
+    }
+    // The stack grows down from its (16-byte aligned) top.
+    let top = stack.as_mut_ptr().wrapping_add(stack.len());
+    let top = top.wrapping_sub(top as usize % 16).cast::<libc::c_void>();
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use.
+    let (mut all, mut previous): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: blocking every signal in this thread across the clone, so no handler of the
+    // executor ever runs on the child's stack in shared memory; restored right after. The
+    // clone arguments: a valid function, the top of a live stack, and a pointer to `plan`.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        let pid = libc::clone(
+            trampoline,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::from_ref(plan).cast_mut().cast(),
+        );
+        let errno = *libc::__errno_location();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        *libc::__errno_location() = errno;
+        pid
     }
 }
 
@@ -356,13 +396,17 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
     // the INVARIANT in the module docs gives; every pointer passed points into `plan` or
     // into this stack frame, both valid until exec.
     unsafe {
-        // Signals: an empty mask, and SIGPIPE back to default (Rust ignores it in the
-        // executor; an ignored disposition would survive exec and break `yes | head`).
+        // Signals: every disposition back to default (the executor's handlers must never
+        // run here, in its memory; and Rust ignores SIGPIPE, which would survive exec and
+        // break `yes | head`), then an empty mask (the parent blocked all across clone).
+        for signal in 1..libc::SIGRTMAX() {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
-        if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0
-            || libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR
-        {
+        if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
             fail(Step::Signals);
         }
         if libc::setpgid(0, 0) != 0 {
@@ -398,14 +442,17 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
                 fail(Step::Rlimits);
             }
         }
+        // Raw system calls, not libc's wrappers: glibc's set*id wrappers apply the change
+        // to every thread of the process, and in this CLONE_VM child its thread list is
+        // the executor's.
         if let Some((uid, gid)) = plan.identity {
-            if libc::setgroups(1, &gid) != 0 {
+            if libc::syscall(libc::SYS_setgroups, 1, &gid) != 0 {
                 fail(Step::Groups);
             }
-            if libc::setresgid(gid, gid, gid) != 0 {
+            if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
                 fail(Step::Gid);
             }
-            if libc::setresuid(uid, uid, uid) != 0 {
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
                 fail(Step::Uid);
             }
         }
