@@ -95,13 +95,13 @@ echo "==> nox install from $src"
 if [ "$build" -eq 1 ]; then
   command -v cargo >/dev/null || die "cargo not found: install Rust (rustup), or build first and pass --no-build"
   echo "  building release binaries (a few minutes the first time)..."
-  (cd "$src" && cargo build --release --locked --bin nox-frontend --bin nox-executor) \
+  (cd "$src" && cargo build --release --locked --bin nox-frontend --bin nox-executor --bin noxctl) \
     || die "cargo build failed"
   report "build" "done"
 else
   report "build" "skipped (--no-build)"
 fi
-for b in nox-frontend nox-executor; do
+for b in nox-frontend nox-executor noxctl; do
   [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found: build it (cargo build --release --locked --bin $b) or pass --bin-dir"
 done
 r=$(install_file "$bin_dir/nox-frontend" /usr/bin/nox-frontend 0755)
@@ -109,6 +109,18 @@ report /usr/bin/nox-frontend "$r"; [ "$r" = unchanged ] || frontend_changed=1
 r=$(install_file "$bin_dir/nox-executor" /usr/libexec/nox/nox-executor 0755)
 report /usr/libexec/nox/nox-executor "$r"; [ "$r" = unchanged ] || executor_changed=1
 report /usr/sbin/nox-doctor "$(install_file "$src/packaging/nox-doctor" /usr/sbin/nox-doctor 0755)"
+report /usr/bin/noxctl "$(install_file "$bin_dir/noxctl" /usr/bin/noxctl 0755)"
+# noxctl's man page and completions, generated from its CLI definition.
+gen=$(mktemp -d)
+"$bin_dir/noxctl" man > "$gen/noxctl.1"
+"$bin_dir/noxctl" completions bash > "$gen/noxctl.bash"
+"$bin_dir/noxctl" completions zsh > "$gen/_noxctl"
+"$bin_dir/noxctl" completions fish > "$gen/noxctl.fish"
+report /usr/local/share/man/man1/noxctl.1 "$(install_file "$gen/noxctl.1" /usr/local/share/man/man1/noxctl.1 0644)"
+report /usr/share/bash-completion/completions/noxctl "$(install_file "$gen/noxctl.bash" /usr/share/bash-completion/completions/noxctl 0644)"
+report /usr/share/zsh/vendor-completions/_noxctl "$(install_file "$gen/_noxctl" /usr/share/zsh/vendor-completions/_noxctl 0644)"
+report /usr/share/fish/vendor_completions.d/noxctl.fish "$(install_file "$gen/noxctl.fish" /usr/share/fish/vendor_completions.d/noxctl.fish 0644)"
+rm -rf "$gen"
 
 # --- 2. units and users ---------------------------------------------------------------
 for u in "${UNITS[@]}"; do

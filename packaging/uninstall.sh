@@ -45,6 +45,11 @@ remove() {
 for u in "${UNITS[@]}"; do remove "$UNIT_DIR/$u"; done
 remove /usr/local/lib/sysusers.d/nox.conf
 remove /usr/bin/nox-frontend
+remove /usr/bin/noxctl
+remove /usr/local/share/man/man1/noxctl.1
+remove /usr/share/bash-completion/completions/noxctl
+remove /usr/share/zsh/vendor-completions/_noxctl
+remove /usr/share/fish/vendor_completions.d/noxctl.fish
 remove /usr/libexec/nox
 remove /usr/sbin/nox-doctor
 remove /usr/share/doc/nox

@@ -26,9 +26,9 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$build" -eq 1 ]; then
-  (cd "$src" && cargo build --release --locked --bin nox-frontend --bin nox-executor)
+  (cd "$src" && cargo build --release --locked --bin nox-frontend --bin nox-executor --bin noxctl)
 fi
-for b in nox-frontend nox-executor; do
+for b in nox-frontend nox-executor noxctl; do
   [ -x "$bin_dir/$b" ] || { echo "build.sh: $bin_dir/$b not found" >&2; exit 1; }
 done
 
@@ -45,7 +45,15 @@ pkg="$stage/nox"
 install -D -m 0755 "$bin_dir/nox-frontend" "$pkg/usr/bin/nox-frontend"
 install -D -m 0755 "$bin_dir/nox-executor" "$pkg/usr/libexec/nox/nox-executor"
 install -D -m 0755 "$src/packaging/nox-doctor" "$pkg/usr/sbin/nox-doctor"
-strip --strip-unneeded "$pkg/usr/bin/nox-frontend" "$pkg/usr/libexec/nox/nox-executor" 2>/dev/null || true
+install -D -m 0755 "$bin_dir/noxctl" "$pkg/usr/bin/noxctl"
+strip --strip-unneeded "$pkg/usr/bin/nox-frontend" "$pkg/usr/libexec/nox/nox-executor" "$pkg/usr/bin/noxctl" 2>/dev/null || true
+# noxctl's man page and completions, generated from its CLI definition.
+install -d "$pkg/usr/share/man/man1" "$pkg/usr/share/bash-completion/completions" \
+  "$pkg/usr/share/zsh/vendor-completions" "$pkg/usr/share/fish/vendor_completions.d"
+"$bin_dir/noxctl" man | gzip -9n > "$pkg/usr/share/man/man1/noxctl.1.gz"
+"$bin_dir/noxctl" completions bash > "$pkg/usr/share/bash-completion/completions/noxctl"
+"$bin_dir/noxctl" completions zsh > "$pkg/usr/share/zsh/vendor-completions/_noxctl"
+"$bin_dir/noxctl" completions fish > "$pkg/usr/share/fish/vendor_completions.d/noxctl.fish"
 for u in nox-executor.socket nox-executor.service nox-frontend.socket nox-frontend.service; do
   install -D -m 0644 "$src/systemd/$u" "$pkg/lib/systemd/system/$u"
 done

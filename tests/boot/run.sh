@@ -150,10 +150,10 @@ INFO "$(systemd-nspawn --version | head -n1), caddy $(caddy version | cut -d' ' 
 STEP "release binaries"
 TARGET="${CARGO_TARGET_DIR:-$SRC/target}/release"
 if [ "$build" -eq 1 ]; then
-  (cd "$SRC" && timeout 1800 cargo build --release --locked --bin nox-frontend --bin nox-executor) \
+  (cd "$SRC" && timeout 1800 cargo build --release --locked --bin nox-frontend --bin nox-executor --bin noxctl) \
     >"$LOGS/build.log" 2>&1 || { tail -n 30 "$LOGS/build.log"; DIE "cargo build --release failed"; }
 fi
-for b in nox-frontend nox-executor; do
+for b in nox-frontend nox-executor noxctl; do
   [ -x "$TARGET/$b" ] || DIE "$TARGET/$b missing (run without --no-build)"
 done
 INFO "$(ls -l --time-style=+%H:%M "$TARGET/nox-frontend" "$TARGET/nox-executor" | awk '{print $6, $7}' | paste -sd' ')"
@@ -187,6 +187,7 @@ done
 # The binaries as they are now (the target dir may be rebuilt while the test runs).
 install -D -m 0755 "$TARGET/nox-frontend" "$ROOT/opt/nox-bin/nox-frontend"
 install -D -m 0755 "$TARGET/nox-executor" "$ROOT/opt/nox-bin/nox-executor"
+install -D -m 0755 "$TARGET/noxctl" "$ROOT/opt/nox-bin/noxctl"
 mkdir -p "$ROOT/nox-src" "$ROOT/nox-deb"
 
 # --system-call-filter: nspawn's own seccomp allow list (252) lacks the Landlock calls, so
@@ -534,6 +535,10 @@ fi
 STEP "the sandbox, seen from a job in the installed service"
 run_sh() { ct_t 30 curl -sS -H "$AUTH" -H 'Content-Type: application/json' -d "$(python3 -c 'import json,sys; print(json.dumps({"cmd": sys.argv[1]}))' "$1")" http://127.0.0.1:8080/run_sh; }
 run_py() { ct_t 30 curl -sS -H "$AUTH" -H 'Content-Type: application/json' -d "$(python3 -c 'import json,sys; print(json.dumps({"code": sys.argv[1]}))' "$1")" http://127.0.0.1:8080/run_py; }
+check "noxctl (installed, token from /etc/nox/api-token): runsh streams the output and returns the job's exit code" \
+  ct_t 30 bash -c 'out=$(noxctl runsh "echo via-noxctl; exit 3"); rc=$?; echo "output [$out] exit $rc"; [ "$out" = via-noxctl ] && [ "$rc" = 3 ]'
+check "noxctl's man page and bash/zsh/fish completions are installed" \
+  ct_t 10 bash -c 'ls /usr/local/share/man/man1/noxctl.1 /usr/share/bash-completion/completions/noxctl /usr/share/zsh/vendor-completions/_noxctl /usr/share/fish/vendor_completions.d/noxctl.fish'
 check "a job runs as nox-sandbox" jtest "$(run_sh 'id -un; id')" "r['stdout'].split()[0] == 'nox-sandbox'" "r.get('stdout', r).strip()"
 check "a job has no network (connect to 1.1.1.1:53 fails)" jtest "$(run_py "import socket; socket.create_connection(('1.1.1.1', 53), 1)")" \
   "r['returncode'] != 0" "f\"returncode {r['returncode']}: {r['stderr'].strip().splitlines()[-1:]}\""
