@@ -104,6 +104,15 @@ impl ApiError {
         )
     }
 
+    /// The request body did not arrive in time (408).
+    pub fn body_timeout(seconds: u64) -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {seconds} s"),
+        )
+    }
+
     pub fn payload_too_large(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }

@@ -50,6 +50,10 @@ pub struct FrontendConfig {
     pub max_header_bytes: usize,
     /// A client must send its request head within this time.
     pub header_read_timeout_s: u64,
+    /// A JSON request body must arrive whole within this time, and an upload may not pause
+    /// longer than this; otherwise 408 (a slowly trickled body would hold a connection, and
+    /// for uploads an executor connection and a temp file, forever).
+    pub body_read_timeout_s: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// First words refused by `/run_sh` (a courtesy, see `denylist`); `x*` is a prefix.
@@ -141,6 +145,7 @@ impl Default for FrontendConfig {
             max_upload_bytes: 1024 * 1024 * 1024,
             max_header_bytes: 16 * 1024,
             header_read_timeout_s: 10,
+            body_read_timeout_s: 10,
             max_connections: 1024,
             forbidden_commands: DEFAULT_FORBIDDEN_COMMANDS
                 .iter()
@@ -174,6 +179,7 @@ impl fmt::Debug for FrontendConfig {
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("max_header_bytes", &self.max_header_bytes)
             .field("header_read_timeout_s", &self.header_read_timeout_s)
+            .field("body_read_timeout_s", &self.body_read_timeout_s)
             .field("max_connections", &self.max_connections)
             .field("forbidden_commands", &self.forbidden_commands)
             .field("shutdown_grace_s", &self.shutdown_grace_s)
@@ -215,7 +221,7 @@ impl FrontendConfig {
                 format!("{bad:?} is not a systemd unit name (e.g. \"nox-executor.service\")"),
             ));
         }
-        let positive: [(&str, u64); 5] = [
+        let positive: [(&str, u64); 6] = [
             (
                 "frontend.executor_connect_timeout_ms",
                 self.executor_connect_timeout_ms,
@@ -223,6 +229,7 @@ impl FrontendConfig {
             ("frontend.max_json_body_bytes", self.max_json_body_bytes),
             ("frontend.max_upload_bytes", self.max_upload_bytes),
             ("frontend.header_read_timeout_s", self.header_read_timeout_s),
+            ("frontend.body_read_timeout_s", self.body_read_timeout_s),
             ("frontend.max_connections", self.max_connections as u64),
         ];
         for (key, value) in positive {

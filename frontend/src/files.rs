@@ -85,7 +85,10 @@ pub async fn put_multipart(
     let constraints =
         multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(whole_limit));
     let mut multipart = multer::Multipart::with_constraints(
-        request.into_body().into_data_stream(),
+        paced(
+            request.into_body().into_data_stream(),
+            state.config.body_read_timeout_s,
+        ),
         boundary,
         constraints,
     );
@@ -142,10 +145,16 @@ pub async fn put_raw(
     if declared_length(request.headers()).is_some_and(|length| length > limit) {
         return Err(too_large(limit));
     }
-    let chunks = request
-        .into_body()
-        .into_data_stream()
-        .map(|chunk| chunk.map_err(|_| ApiError::bad_request("could not read the request body")));
+    let timeout_s = state.config.body_read_timeout_s;
+    let chunks = paced(request.into_body().into_data_stream(), timeout_s).map(move |chunk| {
+        chunk.map_err(|error| {
+            if error.kind() == std::io::ErrorKind::TimedOut {
+                ApiError::body_timeout(timeout_s)
+            } else {
+                ApiError::bad_request("could not read the request body")
+            }
+        })
+    });
     let saved = upload(&state, workspace, path, chunks).await?;
     Ok(saved_response(&saved))
 }
@@ -379,4 +388,37 @@ impl Download {
             }
         }
     }
+}
+
+/// The body's data, failing with `TimedOut` when no data arrives for `timeout_s` seconds:
+/// an upload may be large, but it may not stall and hold an executor connection forever.
+fn paced<S, T, E>(
+    stream: S,
+    timeout_s: u64,
+) -> impl futures_util::Stream<Item = Result<T, std::io::Error>>
+where
+    S: futures_util::Stream<Item = Result<T, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let idle = std::time::Duration::from_secs(timeout_s);
+    futures_util::stream::unfold(
+        (Box::pin(stream), false),
+        move |(mut stream, done)| async move {
+            if done {
+                return None;
+            }
+            match tokio::time::timeout(idle, stream.next()).await {
+                Ok(Some(Ok(item))) => Some((Ok(item), (stream, false))),
+                Ok(Some(Err(error))) => Some((Err(std::io::Error::other(error)), (stream, true))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no request body data for {timeout_s} s"),
+                    )),
+                    (stream, true),
+                )),
+            }
+        },
+    )
 }

@@ -82,7 +82,8 @@ pub async fn run(
     let limit = state.config.max_json_body_bytes;
     let spec = match language {
         Language::Python => {
-            let body: RunPython = read_json(request, limit).await?;
+            let body: RunPython =
+                read_json(request, limit, state.config.body_read_timeout_s).await?;
             let filename =
                 RelPath::parse(&body.filename).map_err(|e| ApiError::invalid_path(&e))?;
             let limits = limit_request(body.timeout_s, body.limits.as_ref())?;
@@ -98,7 +99,8 @@ pub async fn run(
             }
         }
         Language::Shell => {
-            let body: RunShell = read_json(request, limit).await?;
+            let body: RunShell =
+                read_json(request, limit, state.config.body_read_timeout_s).await?;
             if let Some(word) = state.denylist.forbidden_word(&body.cmd) {
                 state.metrics.job_refused(language.label());
                 return Err(ApiError::forbidden_command(word));
@@ -187,6 +189,7 @@ pub fn is_json_media_type(value: &str) -> bool {
 async fn read_json<T: DeserializeOwned>(
     request: http::Request<Incoming>,
     limit: u64,
+    timeout_s: u64,
 ) -> Result<T, ApiError> {
     if let Some(value) = request.headers().get(CONTENT_TYPE)
         && !is_json_media_type(value.to_str().unwrap_or(""))
@@ -204,7 +207,12 @@ async fn read_json<T: DeserializeOwned>(
         return Err(too_large());
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let bytes = match Limited::new(request.into_body(), limit).collect().await {
+    let deadline = std::time::Duration::from_secs(timeout_s);
+    let collected =
+        tokio::time::timeout(deadline, Limited::new(request.into_body(), limit).collect())
+            .await
+            .map_err(|_| ApiError::body_timeout(timeout_s))?;
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(_) => return Err(ApiError::bad_request("could not read the request body")),
