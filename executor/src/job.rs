@@ -59,6 +59,10 @@ const PYTHON_BOOTSTRAP: &str = r#"def _nox_main():
 _nox_main()
 "#;
 
+/// What `/bin/sh -c` runs for a shell job: the command comes from `NOX_COMMAND`, expanded
+/// into the text eval parses, after which the variable is gone before any of it runs.
+const SHELL_BOOTSTRAP: &str = r#"eval "unset NOX_COMMAND; $NOX_COMMAND""#;
+
 /// How long pipes are drained after the job's main process ended (its group is killed
 /// by then, so EOF normally comes at once).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
@@ -308,7 +312,7 @@ impl JobRunner {
         workdir: &Path,
         scratch: &Path,
     ) -> JobCommand {
-        let env = vec![
+        let mut env = vec![
             ("PATH".to_owned(), self.config.job_path.clone()),
             ("HOME".to_owned(), workdir.display().to_string()),
             ("TMPDIR".to_owned(), scratch.display().to_string()),
@@ -331,11 +335,18 @@ impl JobRunner {
                     Some(code.as_bytes().to_vec()),
                 )
             }
-            Program::Shell { command } => (
-                self.config.shell.clone(),
-                vec!["-c".to_owned(), command.clone()],
-                None,
-            ),
+            Program::Shell { command } => {
+                // Not `sh -c <command>`: argv is readable by everyone in /proc/<pid>/cmdline.
+                // The command travels in the environment, which /proc guards with ptrace
+                // access checks (refused across jobs by Landlock, across uids by the
+                // kernel), and the shell evaluates it, unsetting the variable first.
+                env.push(("NOX_COMMAND".to_owned(), command.clone()));
+                (
+                    self.config.shell.clone(),
+                    vec!["-c".to_owned(), SHELL_BOOTSTRAP.to_owned()],
+                    None,
+                )
+            }
         };
         JobCommand {
             program,

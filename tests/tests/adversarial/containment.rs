@@ -487,7 +487,9 @@ fn the_setsid_command_cannot_detach_a_process_from_the_job() {
     let marker = marker();
     let reply = sh(
         nox,
-        &format!("setsid -f sleep {marker}; echo status $?"),
+        // `setsid -f` forks and returns at once; the refused child reports, then the job
+        // ends (the short sleep lets its message out before the group is killed).
+        &format!("setsid -f sleep {marker}; s=$?; sleep 0.3; echo status $s"),
         20.0,
     );
     assert!(

@@ -229,7 +229,6 @@ print("victims", len(found))
 }
 
 #[test]
-#[ignore = "known gap (tests/ADVERSARIAL.md): the /run_sh command is in sh -c's argv, visible in /proc to the same uid; pass it on a descriptor"]
 fn a_job_cannot_read_the_command_line_of_another_tenants_job() {
     let _jobs = common::jobs();
     let nox = tenants();
