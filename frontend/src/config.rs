@@ -48,6 +48,8 @@ pub struct FrontendConfig {
     pub max_upload_bytes: u64,
     /// Largest total size of a request's header fields; more is answered 431.
     pub max_header_bytes: usize,
+    /// Most header fields in a request; more is answered 431.
+    pub max_header_fields: usize,
     /// A client must send its request head within this time.
     pub header_read_timeout_s: u64,
     /// A JSON request body must arrive whole within this time, and an upload may not pause
@@ -146,6 +148,7 @@ impl Default for FrontendConfig {
             max_header_bytes: 16 * 1024,
             header_read_timeout_s: 10,
             body_read_timeout_s: 10,
+            max_header_fields: 100,
             max_connections: 1024,
             forbidden_commands: DEFAULT_FORBIDDEN_COMMANDS
                 .iter()
@@ -180,6 +183,7 @@ impl fmt::Debug for FrontendConfig {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("header_read_timeout_s", &self.header_read_timeout_s)
             .field("body_read_timeout_s", &self.body_read_timeout_s)
+            .field("max_header_fields", &self.max_header_fields)
             .field("max_connections", &self.max_connections)
             .field("forbidden_commands", &self.forbidden_commands)
             .field("shutdown_grace_s", &self.shutdown_grace_s)
@@ -221,7 +225,7 @@ impl FrontendConfig {
                 format!("{bad:?} is not a systemd unit name (e.g. \"nox-executor.service\")"),
             ));
         }
-        let positive: [(&str, u64); 6] = [
+        let positive: [(&str, u64); 7] = [
             (
                 "frontend.executor_connect_timeout_ms",
                 self.executor_connect_timeout_ms,
@@ -231,6 +235,7 @@ impl FrontendConfig {
             ("frontend.header_read_timeout_s", self.header_read_timeout_s),
             ("frontend.body_read_timeout_s", self.body_read_timeout_s),
             ("frontend.max_connections", self.max_connections as u64),
+            ("frontend.max_header_fields", self.max_header_fields as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -194,6 +194,14 @@ async fn dispatch(
     if header_bytes(request.headers()) > limit {
         return Err(ApiError::headers_too_large(limit));
     }
+    let fields = state.config.max_header_fields;
+    if request.headers().len() > fields {
+        return Err(ApiError::new(
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request has more than {fields} header fields"),
+        ));
+    }
     let uri_path = request.uri().path().to_owned();
     let route = Route::of(&uri_path).ok_or_else(ApiError::route_not_found)?;
     if !route.allows(request.method()) {

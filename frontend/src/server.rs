@@ -52,8 +52,11 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(config.header_read_timeout_s))
-        // hyper's hard cap; `routes` answers 431 with the JSON error body below it.
-        .max_buf_size(8192.max(config.max_header_bytes.saturating_mul(4)))
+        // hyper's hard caps, well above the frontend's own limits, so that `routes` is the
+        // one answering 431, with the JSON error body (past these caps hyper answers a bare
+        // 431 itself).
+        .max_buf_size((64 * 1024).max(config.max_header_bytes.saturating_mul(16)))
+        .max_headers(config.max_header_fields.saturating_mul(4).max(100))
         .keep_alive(true);
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let tracker = TaskTracker::new();
