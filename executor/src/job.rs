@@ -28,8 +28,9 @@ use crate::config::{ExecutorConfig, PythonMode};
 use crate::sandbox::reaper::ExitReport;
 use crate::sandbox::spawn::{JobCommand, SpawnedJob};
 use crate::sandbox::zygote::WarmPython;
-use crate::sandbox::{JobIdentity, Sandbox, SandboxError, error_chain};
+use crate::sandbox::{JobIdentity, Sandbox, SandboxError};
 use crate::workspace::{WorkspaceError, Workspaces};
+use nox_protocol::error_chain;
 
 /// Runs `-c` before the job's code; see the module docs. Argument 1 is the path shown as
 /// the script's, argument 2 the name the client gave; the source is on descriptor 3.
@@ -190,7 +191,7 @@ impl JobRunner {
             software: format!("nox-executor {}", env!("CARGO_PKG_VERSION")),
             uptime_ms: millis(self.started_at.elapsed()),
             ready: self.refusal.is_none(),
-            layers: self.sandbox.layers(),
+            layers: self.sandbox.layers().to_vec(),
             jobs_running: self.running.load(Ordering::Relaxed),
             jobs_queued: self.queued.load(Ordering::Relaxed),
             max_concurrent_jobs: self.max_concurrent,
@@ -244,16 +245,7 @@ impl JobRunner {
         // The workspace's path follows from its name (`ensure` below creates it if needed).
         let workdir = self.config.workspace_root.join(&spec.workspace);
         let scratch = self.scratch_root.join(&spec.job_id);
-        let command = self.command_for(&spec, &limits, &workdir, &scratch);
-        let warm = match &spec.program {
-            Program::Python { filename, .. } if self.config.python_mode == PythonMode::Zygote => {
-                Some((
-                    workdir.join(filename).display().to_string(),
-                    filename.clone(),
-                ))
-            }
-            _ => None,
-        };
+        let (command, warm) = self.command_for(&spec, &limits, &workdir, &scratch);
         // One blocking hop for everything up to the fork: on a busy machine every hop
         // between threads waits for a CPU.
         let prepared = Prepared {
@@ -261,10 +253,7 @@ impl JobRunner {
             sandbox: Arc::clone(&self.sandbox),
             owner: self.owner,
             workspace: spec.workspace.clone(),
-            python_file: match (&spec.program, filename) {
-                (Program::Python { code, .. }, Some(path)) => Some((path, code.clone())),
-                _ => None,
-            },
+            python_file: filename,
             scratch: scratch.clone(),
             command,
             warm,
@@ -305,13 +294,15 @@ impl JobRunner {
         Ok(permit)
     }
 
+    /// The job's command, and `(shown path, file name)` when a Python job takes the warm
+    /// path (the zygote then uses the command's environment, code and limits, not its argv).
     fn command_for(
         &self,
         spec: &JobSpec,
         limits: &Limits,
         workdir: &Path,
         scratch: &Path,
-    ) -> JobCommand {
+    ) -> (JobCommand, Option<(String, String)>) {
         let mut env = vec![
             ("PATH".to_owned(), self.config.job_path.clone()),
             ("HOME".to_owned(), workdir.display().to_string()),
@@ -319,11 +310,14 @@ impl JobRunner {
             ("LANG".to_owned(), "C.UTF-8".to_owned()),
             ("NOX_JOB_ID".to_owned(), spec.job_id.clone()),
         ];
+        let mut warm = None;
         let (program, args, code) = match &spec.program {
             Program::Python { code, filename } => {
                 let shown = workdir.join(filename).display().to_string();
-                (
-                    self.config.python.clone(),
+                let args = if self.config.python_mode == PythonMode::Zygote {
+                    warm = Some((shown, filename.clone()));
+                    Vec::new()
+                } else {
                     vec![
                         "-I".to_owned(),
                         "-u".to_owned(),
@@ -331,7 +325,11 @@ impl JobRunner {
                         PYTHON_BOOTSTRAP.to_owned(),
                         shown,
                         filename.clone(),
-                    ],
+                    ]
+                };
+                (
+                    self.config.python.clone(),
+                    args,
                     Some(code.as_bytes().to_vec()),
                 )
             }
@@ -348,14 +346,15 @@ impl JobRunner {
                 )
             }
         };
-        JobCommand {
+        let command = JobCommand {
             program,
             args,
             env,
             workdir: workdir.to_path_buf(),
             code,
             limits: *limits,
-        }
+        };
+        (command, warm)
     }
 
     async fn supervise(
@@ -493,8 +492,9 @@ struct Prepared {
     sandbox: Arc<Sandbox>,
     owner: Option<(u32, u32)>,
     workspace: String,
-    /// A Python job's code, saved in the workspace under its file name (as the seed did).
-    python_file: Option<(RelPath, String)>,
+    /// A Python job's file name: its code (`command.code`) is saved there in the workspace,
+    /// as the seed did.
+    python_file: Option<RelPath>,
     scratch: PathBuf,
     command: JobCommand,
     /// `(shown path, file name)` of a Python job on the warm path.
@@ -505,9 +505,8 @@ impl Prepared {
     /// Workspace, code file, scratch directory, then the job's process. Blocking.
     fn spawn(self) -> Result<SpawnedJob, JobError> {
         let workdir = self.workspaces.ensure(&self.workspace)?;
-        if let Some((path, code)) = &self.python_file {
-            self.workspaces
-                .write_file(&self.workspace, path, code.as_bytes())?;
+        if let (Some(path), Some(code)) = (&self.python_file, &self.command.code) {
+            self.workspaces.write_file(&self.workspace, path, code)?;
         }
         make_scratch(&self.scratch, self.owner).map_err(|source| JobError::Scratch {
             path: self.scratch.clone(),

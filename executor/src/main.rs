@@ -115,5 +115,8 @@ fn report(error: &(dyn std::error::Error + 'static)) {
         level += 1;
         current = cause.source();
     }
-    tracing::error!(error = telemetry::error_chain(error), "nox-executor failed");
+    tracing::error!(
+        error = nox_protocol::error_chain(error),
+        "nox-executor failed"
+    );
 }

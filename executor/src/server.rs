@@ -36,8 +36,8 @@ use crate::config::ExecutorConfig;
 use crate::error::ExecutorError;
 use crate::job::JobRunner;
 use crate::peer::{PeerCredentials, PeerPolicy};
-use crate::telemetry::error_chain;
 use crate::workspace::{Upload, WorkspaceError, Workspaces};
+use nox_protocol::error_chain;
 
 /// Pause after a failed `accept` (EMFILE and the like) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

@@ -52,16 +52,3 @@ pub fn init() -> LogTarget {
     }
     target
 }
-
-/// An error and its causes on one line, top first: `"could not read a frame: connection
-/// failed: Connection reset by peer"`.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

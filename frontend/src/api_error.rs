@@ -206,7 +206,7 @@ impl From<WireError> for ApiError {
 
 impl From<ExecutorError> for ApiError {
     fn from(error: ExecutorError) -> Self {
-        let message = error_chain(&error);
+        let message = nox_protocol::error_chain(&error);
         match error {
             ExecutorError::Refused(wire) => ApiError::wire(&wire),
             ExecutorError::Connect { .. }
@@ -221,18 +221,6 @@ impl From<ExecutorError> for ApiError {
             | ExecutorError::Unexpected { .. } => ApiError::bad_gateway(message),
         }
     }
-}
-
-/// An error and its causes, `"top: cause: root cause"`.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -383,7 +383,7 @@ impl Download {
             }
             Err(error) => {
                 self.connection = None;
-                tracing::warn!(error = %crate::api_error::error_chain(&error), "download failed");
+                tracing::warn!(error = %nox_protocol::error_chain(&error), "download failed");
                 Some(Err(io::Error::other(error)))
             }
         }

@@ -37,7 +37,7 @@ pub async fn health(state: &AppState) -> Response<Body> {
     match executor_status(state, HEALTH_TIMEOUT).await {
         Ok(status) => body::json(StatusCode::OK, &HealthReply::from(&status)),
         Err(error) => {
-            tracing::warn!(error = %crate::api_error::error_chain(&error), "health: executor unavailable");
+            tracing::warn!(error = %nox_protocol::error_chain(&error), "health: executor unavailable");
             let error = ApiError::from(error);
             let body = HealthUnavailable {
                 error: error.body(),

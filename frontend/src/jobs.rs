@@ -339,7 +339,7 @@ async fn collect(
             Ok(Reply::Finished(outcome)) => break outcome,
             Ok(_) => return Err(ApiError::bad_gateway("unexpected reply from the executor")),
             Err(error) => {
-                tracing::warn!(job_id = %job.job_id, error = %crate::api_error::error_chain(&error), "job failed");
+                tracing::warn!(job_id = %job.job_id, error = %nox_protocol::error_chain(&error), "job failed");
                 return Err(error.into());
             }
         }
@@ -497,7 +497,7 @@ impl JobEvents {
             Err(error) => {
                 tracing::warn!(
                     job_id = %self.job.job_id,
-                    error = %crate::api_error::error_chain(&error),
+                    error = %nox_protocol::error_chain(&error),
                     streamed_ms = self.started_at.elapsed().as_millis() as u64,
                     "streamed job failed"
                 );

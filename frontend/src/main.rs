@@ -13,9 +13,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nox_frontend::FrontendConfig;
-use nox_frontend::api_error::error_chain;
 use nox_frontend::telemetry::{self, LogTarget};
 use nox_protocol::config::{ConfigError, ConfigFile, load};
+use nox_protocol::error_chain;
 use sd_notify::NotifyState;
 use thiserror::Error;
 

@@ -341,19 +341,32 @@ impl WireError {
 
     /// An error built from a Rust error and its `source()` chain.
     pub fn from_error(kind: ErrorKind, error: &(dyn std::error::Error + 'static)) -> Self {
-        let mut chain = vec![error.to_string()];
-        let mut source = error.source();
-        while let Some(cause) = source {
-            chain.push(cause.to_string());
-            source = cause.source();
+        WireError {
+            kind,
+            chain: causes(error).map(ToString::to_string).collect(),
         }
-        WireError { kind, chain }
     }
 
     /// The chain joined for humans: `"top: cause: root cause"`.
     pub fn message(&self) -> String {
         self.chain.join(": ")
     }
+}
+
+/// An error followed by its `source()` chain, top first.
+pub fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |error| error.source())
+}
+
+/// An error and its causes on one line, top first: `"top: cause: root cause"` (for logs and
+/// messages; each level's `Display` describes only that level).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    causes(error)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 impl std::fmt::Display for WireError {

@@ -11,8 +11,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, Scope, path_beneath_rules,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, path_beneath_rules,
 };
 
 use super::SandboxError;
@@ -26,12 +26,14 @@ const SYSTEM_READ_PATHS: [&str; 12] = [
 /// Device files a job may also write (`> /dev/null` is everywhere in shell scripts).
 const WRITABLE_DEVICES: [&str; 3] = ["/dev/null", "/dev/zero", "/dev/full"];
 
-/// What every job's ruleset has in common.
-#[derive(Debug, Clone)]
+/// What every job's ruleset has in common. The system paths are opened once, here, and
+/// held for the executor's lifetime: only a job's own directories are opened per job.
+#[derive(Debug)]
 pub struct LandlockPolicy {
     abi: ABI,
     abi_version: i32,
-    read_paths: Vec<PathBuf>,
+    /// Read-only system paths and writable devices, with the rights each one gets.
+    fixed: Vec<(PathFd, BitFlags<AccessFs>)>,
 }
 
 impl LandlockPolicy {
@@ -41,16 +43,28 @@ impl LandlockPolicy {
         if abi_version < 1 {
             return None;
         }
+        let abi = ABI::from(abi_version);
         let read_paths = SYSTEM_READ_PATHS
             .iter()
             .map(PathBuf::from)
-            .chain(extra_read_paths.iter().cloned())
-            .filter(|path| path.exists())
-            .collect();
+            .chain(extra_read_paths.iter().cloned());
+        // A file gets only the rights that apply to files (as `path_beneath_rules` does).
+        let readable = read_paths.filter_map(|path| {
+            let access = if path.is_file() {
+                AccessFs::from_read(abi) & AccessFs::from_file(abi)
+            } else {
+                AccessFs::from_read(abi)
+            };
+            Some((PathFd::new(&path).ok()?, access))
+        });
+        let devices = WRITABLE_DEVICES.iter().filter_map(|device| {
+            let access = AccessFs::ReadFile | AccessFs::WriteFile;
+            Some((PathFd::new(device).ok()?, access))
+        });
         Some(LandlockPolicy {
-            abi: ABI::from(abi_version),
+            abi,
             abi_version,
-            read_paths,
+            fixed: readable.chain(devices).collect(),
         })
     }
 
@@ -72,19 +86,14 @@ impl LandlockPolicy {
             if self.abi_version >= 6 {
                 ruleset = ruleset.scope(Scope::AbstractUnixSocket | Scope::Signal)?;
             }
-            let file_rw = AccessFs::ReadFile | AccessFs::WriteFile;
-            let devices = WRITABLE_DEVICES
+            let fixed = self
+                .fixed
                 .iter()
-                .filter_map(|device| PathFd::new(device).ok())
-                .map(|fd| Ok::<_, landlock::RulesetError>(PathBeneath::new(fd, file_rw)));
+                .map(|(fd, access)| Ok::<_, landlock::RulesetError>(PathBeneath::new(fd, *access)));
             let created = ruleset
                 .create()?
                 .no_new_privs(false)
-                .add_rules(path_beneath_rules(
-                    &self.read_paths,
-                    AccessFs::from_read(abi),
-                ))?
-                .add_rules(devices)?
+                .add_rules(fixed)?
                 .add_rules(path_beneath_rules(writable, AccessFs::from_all(abi)))?;
             Ok(created.into())
         };

@@ -19,7 +19,6 @@ pub mod spawn;
 pub mod zygote;
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nox_protocol::{Layer, LayerStatus, Limits};
@@ -260,8 +259,9 @@ pub struct Sandbox {
     /// executor's uid (development), so the developer's own processes do not count.
     process_allowance: u64,
     reaper: Reaper,
-    probe_failure: Option<String>,
     required: Vec<Layer>,
+    /// Every layer's state, fixed once the probe job has run.
+    layers: Vec<LayerStatus>,
     python: PathBuf,
     /// Where the zygote runs (it writes nothing there).
     zygote_dir: PathBuf,
@@ -297,13 +297,14 @@ impl Sandbox {
             network_isolated: only_loopback(),
             process_allowance,
             reaper: Reaper::global().map_err(SandboxError::Reaper)?,
-            probe_failure: None,
             required: config.required(),
+            layers: Vec::new(),
             python: config.python.clone(),
             zygote_dir: probe_dir.to_path_buf(),
             zygote: std::sync::Mutex::new(None),
         };
-        sandbox.probe_failure = sandbox.probe(config, probe_dir).err();
+        let probe_failure = sandbox.probe(config, probe_dir).err();
+        sandbox.layers = sandbox.assess_layers(probe_failure.as_deref());
         Ok(sandbox)
     }
 
@@ -319,7 +320,7 @@ impl Sandbox {
         };
         let started = self
             .spawn(&command, &[dir])
-            .map_err(|error| error_chain(&error))?;
+            .map_err(|error| nox_protocol::error_chain(&error))?;
         // Polled rather than awaited: this runs once at start, inside or outside a runtime.
         let mut exit = started.exit;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -348,8 +349,13 @@ impl Sandbox {
     }
 
     /// Every layer with its state, in `Layer::ALL` order.
-    pub fn layers(&self) -> Vec<LayerStatus> {
-        let probe_ok = self.probe_failure.is_none();
+    pub fn layers(&self) -> &[LayerStatus] {
+        &self.layers
+    }
+
+    /// Each layer's state, given how the probe job went.
+    fn assess_layers(&self, probe_failure: Option<&str>) -> Vec<LayerStatus> {
+        let probe_ok = probe_failure.is_none();
         Layer::ALL
             .into_iter()
             .map(|layer| {
@@ -382,7 +388,7 @@ impl Sandbox {
                         },
                     ),
                 };
-                let detail = match (&self.probe_failure, active) {
+                let detail = match (probe_failure, active) {
                     (Some(failure), false) if layer != Layer::NetworkIsolation => {
                         format!("{detail}; probe job failed: {failure}")
                     }
@@ -400,9 +406,10 @@ impl Sandbox {
 
     /// The required layers that are not active; jobs run only when this is empty.
     pub fn missing_required(&self) -> Vec<LayerStatus> {
-        self.layers()
-            .into_iter()
+        self.layers
+            .iter()
             .filter(|status| status.required && !status.active)
+            .cloned()
             .collect()
     }
 
@@ -489,18 +496,6 @@ impl Sandbox {
             None => self.reaper.kill_group(pid),
         }
     }
-}
-
-/// The message chain of an error, joined.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The kernel's Landlock ABI version, or a value below 1 when unavailable.
@@ -612,10 +607,4 @@ fn kill_process_group(pgid: i32) {
             libc::kill(-pgid, libc::SIGKILL);
         }
     }
-}
-
-/// Whether `fd` is a valid open descriptor (used in tests).
-pub fn is_open(fd: &impl AsRawFd) -> bool {
-    // SAFETY: F_GETFD only reads descriptor flags.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) >= 0 }
 }

@@ -103,12 +103,16 @@ fn c_path(path: &Path, what: &'static str) -> Result<CString, SandboxError> {
     c_string(path.as_os_str().as_bytes(), what)
 }
 
-/// The rlimits for `limits`, in the order they are applied.
-pub fn rlimits_for(limits: &Limits, process_allowance: u64) -> Vec<(RlimitResource, libc::rlimit)> {
-    let both = |value: u64| libc::rlimit {
+/// An rlimit whose soft and hard values are both `value`.
+pub fn both(value: u64) -> libc::rlimit {
+    libc::rlimit {
         rlim_cur: value,
         rlim_max: value,
-    };
+    }
+}
+
+/// The rlimits for `limits`, in the order they are applied.
+pub fn rlimits_for(limits: &Limits, process_allowance: u64) -> Vec<(RlimitResource, libc::rlimit)> {
     vec![
         // SIGXCPU at the soft limit, SIGKILL one second later at the hard limit.
         (

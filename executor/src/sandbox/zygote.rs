@@ -87,7 +87,6 @@ pub struct Zygote {
     pending: Arc<Mutex<Pending>>,
     alive: Arc<AtomicBool>,
     next_id: AtomicU64,
-    pid: i32,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,8 +156,8 @@ impl Zygote {
             inherit: vec![theirs, program],
             // The zygote itself only forks: generous limits; each job lowers its own.
             rlimits: vec![
-                (libc::RLIMIT_CORE, both(0)),
-                (libc::RLIMIT_NOFILE, both(1024)),
+                (libc::RLIMIT_CORE, spawn::both(0)),
+                (libc::RLIMIT_NOFILE, spawn::both(1024)),
             ],
             identity: sandbox.identity.switch_to,
             landlock: None,
@@ -174,7 +173,6 @@ impl Zygote {
             pending: Arc::new(Mutex::new(Pending::default())),
             alive: Arc::new(AtomicBool::new(true)),
             next_id: AtomicU64::new(1),
-            pid,
         };
         let ready = zygote.receive_ready();
         if let Err(error) = ready {
@@ -320,18 +318,6 @@ impl Zygote {
         )
         .map(drop)
         .map_err(|errno| SandboxError::Zygote(format!("cannot reach the zygote: {errno}")))
-    }
-
-    /// The zygote's pid.
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-}
-
-fn both(value: u64) -> libc::rlimit {
-    libc::rlimit {
-        rlim_cur: value,
-        rlim_max: value,
     }
 }
 
