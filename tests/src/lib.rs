@@ -319,15 +319,20 @@ impl Client {
         result.unwrap_or_else(|error| panic!("{method} {path_and_query}: {error}"))
     }
 
-    /// One request written byte for byte on a fresh TCP connection, for paths an HTTP
-    /// library might normalise or refuse (`..`, `%00`, `//`). `extra_headers` are whole
-    /// header lines without CRLF. The token is added unless `extra_headers` has an
-    /// `Authorization` line.
-    pub fn raw(&self, method: &str, target: &str, extra_headers: &[&str], body: &[u8]) -> Reply {
+    /// The head of a raw request: request line, `Host`, `Connection: close`,
+    /// `Content-Length`, `more` (whole lines with CRLF), the token unless `extra_headers`
+    /// has an `Authorization` line, then `extra_headers`.
+    fn raw_head(
+        &self,
+        method: &str,
+        target: &str,
+        extra_headers: &[&str],
+        body_len: usize,
+        more: &str,
+    ) -> String {
         let mut head = format!(
-            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {body_len}\r\n{more}",
+            self.port
         );
         let has_auth = extra_headers
             .iter()
@@ -340,10 +345,24 @@ impl Client {
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        head
+    }
+
+    fn raw_connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         stream
             .set_read_timeout(Some(HTTP_TIMEOUT))
             .expect("timeout");
+        stream
+    }
+
+    /// One request written byte for byte on a fresh TCP connection, for paths an HTTP
+    /// library might normalise or refuse (`..`, `%00`, `//`). `extra_headers` are whole
+    /// header lines without CRLF. The token is added unless `extra_headers` has an
+    /// `Authorization` line.
+    pub fn raw(&self, method: &str, target: &str, extra_headers: &[&str], body: &[u8]) -> Reply {
+        let head = self.raw_head(method, target, extra_headers, body.len(), "");
+        let mut stream = self.raw_connect();
         stream.write_all(head.as_bytes()).expect("write head");
         stream.write_all(body).expect("write body");
         let mut raw = Vec::new();
@@ -372,23 +391,14 @@ impl Client {
         extra_headers: &[&str],
         body: &[u8],
     ) -> Reply {
-        let mut head = format!(
-            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\nExpect: 100-continue\r\n",
-            self.port,
-            body.len()
+        let head = self.raw_head(
+            method,
+            target,
+            extra_headers,
+            body.len(),
+            "Expect: 100-continue\r\n",
         );
-        if let Some(token) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        for line in extra_headers {
-            head.push_str(line);
-            head.push_str("\r\n");
-        }
-        head.push_str("\r\n");
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        stream
-            .set_read_timeout(Some(HTTP_TIMEOUT))
-            .expect("timeout");
+        let mut stream = self.raw_connect();
         stream.write_all(head.as_bytes()).expect("write head");
         let mut raw = Vec::new();
         let mut buffer = [0u8; 8192];
