@@ -237,10 +237,10 @@ print("status", h.get("status"), "executor reachable" if ok else "executor NOT r
 run_ok() {
   local out
   out=$(curl -sS --max-time 30 -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-    -d '{"cmd":"echo nox-smoke-$((6*7)); id -un"}' "$url/run_sh") || { echo "$out"; return 1; }
+    -d '{"cmd":"echo nox-smoke-$((6*7)); id -u"}' "$url/run_sh") || { echo "$out"; return 1; }
   python3 -c 'import json,sys; r=json.load(sys.stdin)
 ok = r.get("returncode") == 0 and "nox-smoke-42" in r.get("stdout", "")
-print(("returncode 0, ran as " + r["stdout"].split()[-1]) if ok else json.dumps(r)[:300]); sys.exit(0 if ok else 1)' <<<"$out"
+print(("returncode 0, ran as uid " + r["stdout"].split()[-1]) if ok else json.dumps(r)[:300]); sys.exit(0 if ok else 1)' <<<"$out"
 }
 check "executor socket listening" sock_ok
 check "frontend socket listening" http_sock_ok

@@ -24,8 +24,13 @@ pub struct ExecutorConfig {
     /// group (primary or supplementary, names or numbers).
     pub allowed_uids: Vec<u32>,
     pub allowed_groups: Vec<String>,
-    /// User jobs run as when the executor runs as root.
+    /// User the Python zygote and the start-up probe run as, when the executor is root.
     pub sandbox_user: String,
+    /// First of the uids given to workspaces, one each (as root): a workspace's files and
+    /// jobs are owned by its uid, and the gid of the same number.
+    pub tenant_uid_first: u32,
+    /// How many uids, from `tenant_uid_first`: the most workspaces one executor holds.
+    pub tenant_uid_count: u32,
     /// The interpreter for Python jobs, by absolute path (never looked up on PATH).
     pub python: PathBuf,
     /// How Python jobs start: `zygote` (forked from a warm interpreter, every per-job layer
@@ -113,6 +118,8 @@ impl Default for ExecutorConfig {
             allowed_uids: Vec::new(),
             allowed_groups: vec!["nox".into()],
             sandbox_user: "nox-sandbox".into(),
+            tenant_uid_first: 2_000_000_000,
+            tenant_uid_count: 65_536,
             python: "/usr/bin/python3".into(),
             python_mode: PythonMode::Zygote,
             shell: "/bin/sh".into(),
@@ -165,6 +172,21 @@ impl ExecutorConfig {
                 ));
             }
         }
+        if self.tenant_uid_first < 65_536 {
+            return Err(ConfigError::invalid(
+                "executor.tenant_uid_first",
+                "at least 65536, above every ordinary user and system user",
+            ));
+        }
+        if self.tenant_uid_count == 0
+            || u64::from(self.tenant_uid_first) + u64::from(self.tenant_uid_count)
+                > u64::from(i32::MAX.unsigned_abs())
+        {
+            return Err(ConfigError::invalid(
+                "executor.tenant_uid_count",
+                "at least 1, and the range must end below 2^31 (some tools read uids as signed)",
+            ));
+        }
         if self.max_queued_jobs > 100_000 {
             return Err(ConfigError::invalid(
                 "executor.max_queued_jobs",
@@ -202,6 +224,14 @@ impl ExecutorConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The uids workspaces are given.
+    pub fn tenant_uids(&self) -> crate::owners::UidRange {
+        crate::owners::UidRange {
+            first: self.tenant_uid_first,
+            count: self.tenant_uid_count,
+        }
     }
 
     /// The layers configured as required.

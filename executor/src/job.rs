@@ -122,7 +122,6 @@ pub struct JobRunner {
     config: ExecutorConfig,
     sandbox: Arc<Sandbox>,
     workspaces: Arc<Workspaces>,
-    owner: Option<(u32, u32)>,
     ceilings: Limits,
     scratch_root: PathBuf,
     slots: Arc<Semaphore>,
@@ -142,7 +141,6 @@ impl JobRunner {
         identity: JobIdentity,
         workspaces: Arc<Workspaces>,
     ) -> Result<JobRunner, SandboxError> {
-        let owner = identity.owner();
         let scratch_root = config.state_dir.join("jobs");
         identity.check_reachable(&config.workspace_root.join("x"))?;
         identity.check_reachable(&scratch_root.join("x"))?;
@@ -173,7 +171,6 @@ impl JobRunner {
             config: config.clone(),
             sandbox: Arc::new(sandbox),
             workspaces,
-            owner,
             ceilings: config.limits.ceilings(),
             scratch_root,
             slots: Arc::new(Semaphore::new(max_concurrent as usize)),
@@ -251,7 +248,6 @@ impl JobRunner {
         let prepared = Prepared {
             workspaces: Arc::clone(&self.workspaces),
             sandbox: Arc::clone(&self.sandbox),
-            owner: self.owner,
             workspace: spec.workspace.clone(),
             python_file: filename,
             scratch: scratch.clone(),
@@ -490,7 +486,6 @@ impl JobRunner {
 struct Prepared {
     workspaces: Arc<Workspaces>,
     sandbox: Arc<Sandbox>,
-    owner: Option<(u32, u32)>,
     workspace: String,
     /// A Python job's file name: its code (`command.code`) is saved there in the workspace,
     /// as the seed did.
@@ -504,11 +499,12 @@ struct Prepared {
 impl Prepared {
     /// Workspace, code file, scratch directory, then the job's process. Blocking.
     fn spawn(self) -> Result<SpawnedJob, JobError> {
-        let workdir = self.workspaces.ensure(&self.workspace)?;
+        // The job runs as its workspace's own uid (see `owners`).
+        let (workdir, owner) = self.workspaces.ensure(&self.workspace)?;
         if let (Some(path), Some(code)) = (&self.python_file, &self.command.code) {
             self.workspaces.write_file(&self.workspace, path, code)?;
         }
-        make_scratch(&self.scratch, self.owner).map_err(|source| JobError::Scratch {
+        make_scratch(&self.scratch, owner).map_err(|source| JobError::Scratch {
             path: self.scratch.clone(),
             source,
         })?;
@@ -522,10 +518,11 @@ impl Prepared {
                     env: &self.command.env,
                     workdir: &self.command.workdir,
                     limits: &self.command.limits,
+                    user: owner,
                 },
                 &writable,
             ),
-            None => self.sandbox.spawn(&self.command, &writable),
+            None => self.sandbox.spawn(&self.command, &writable, owner),
         };
         if spawned.is_err() {
             let _ = std::fs::remove_dir_all(&self.scratch);

@@ -13,6 +13,7 @@ pub mod activation;
 pub mod config;
 pub mod error;
 pub mod job;
+pub mod owners;
 pub mod peer;
 #[allow(unsafe_code)]
 pub mod sandbox;
@@ -36,7 +37,7 @@ pub async fn run(
     let identity = sandbox::JobIdentity::resolve(&config)?;
     let workspaces = Arc::new(workspace::Workspaces::new(
         config.workspace_root.clone(),
-        identity.owner(),
+        identity.switches().then(|| config.tenant_uids()),
     )?);
     // Building the runner probes the sandbox with a real job: blocking work.
     let runner = {

@@ -38,6 +38,7 @@ use nox_protocol::{EntryKind, ErrorKind, FileEntry, Listing, MAX_LISTING_ENTRIES
 use thiserror::Error;
 
 use crate::error::ExecutorError;
+use crate::owners::{self, Owners, UidRange};
 
 /// Prefix of the temp files uploads are written to; hidden from listings.
 const TEMP_PREFIX: &str = ".nox-upload-";
@@ -72,7 +73,9 @@ pub enum WorkspaceError {
         #[source]
         source: io::Error,
     },
-    #[error("could not give `{path}` to the sandbox user")]
+    #[error("every uid of executor.tenant_uid_first/_count is taken: no uid for a new workspace")]
+    NoFreeUid,
+    #[error("could not give `{path}` to the workspace's uid")]
     Chown {
         path: String,
         #[source]
@@ -134,6 +137,7 @@ impl WorkspaceError {
             WorkspaceError::NotRegular { .. } => ErrorKind::Conflict,
             WorkspaceError::HardLinked { .. } => ErrorKind::InvalidPath,
             WorkspaceError::Chown { .. } => ErrorKind::Internal,
+            WorkspaceError::NoFreeUid => ErrorKind::SandboxUnavailable,
             WorkspaceError::CreateWorkspace { source, .. }
             | WorkspaceError::OpenWorkspace { source, .. }
             | WorkspaceError::OpenDir { source, .. }
@@ -174,14 +178,20 @@ pub struct Workspaces {
     root: PathBuf,
     /// Held open for the executor's lifetime: every workspace is opened beneath it.
     root_fd: OwnedFd,
-    /// Who owns what is created for jobs (the sandbox user), when it is not ourselves.
-    owner: Option<(u32, u32)>,
+    /// The uid of each workspace, when the executor is root; `None` keeps our own.
+    owners: Option<Owners>,
 }
+
+/// `(uid, gid)` owning a workspace's files and running its jobs; `None` when that is the
+/// executor's own user.
+pub type Owner = Option<(u32, u32)>;
 
 impl Workspaces {
     /// Open `root`, creating it (mode 0711) when missing, and check that the kernel can
     /// resolve paths beneath it safely (`openat2`, Linux 5.6+): without that, fail now.
-    pub fn new(root: PathBuf, owner: Option<(u32, u32)>) -> Result<Workspaces, ExecutorError> {
+    /// With `uids` (as root) every workspace gets its own uid from that range; workspaces
+    /// already on disk keep theirs, or are given one (see [`crate::owners`]).
+    pub fn new(root: PathBuf, uids: Option<UidRange>) -> Result<Workspaces, ExecutorError> {
         let failed = |source: io::Error| ExecutorError::WorkspaceRoot {
             path: root.clone(),
             source,
@@ -202,18 +212,74 @@ impl Workspaces {
         )
         .map_err(|errno| failed(errno.into()))?;
         open_beneath(&root_fd, ".", OFlag::O_DIRECTORY).map_err(|errno| failed(errno.into()))?;
-        Ok(Workspaces {
-            root,
+        let workspaces = Workspaces {
+            root: root.clone(),
             root_fd,
-            owner,
-        })
+            owners: uids.map(Owners::new),
+        };
+        workspaces
+            .adopt_existing()
+            .map_err(|source| ExecutorError::WorkspaceRoot {
+                path: workspaces.root.clone(),
+                source,
+            })?;
+        Ok(workspaces)
     }
 
-    /// Create workspace `name` when missing (mode 0700, owned by the sandbox user) and
-    /// return its path.
-    pub fn ensure(&self, workspace: &str) -> Result<PathBuf, WorkspaceError> {
-        self.open_workspace(workspace)?;
-        Ok(self.root.join(workspace))
+    /// Learn the uid of every workspace on disk; give one of its own to each that has none.
+    fn adopt_existing(&self) -> io::Result<()> {
+        if self.owners.is_none() {
+            return Ok(());
+        }
+        let fd = open_beneath(&self.root_fd, ".", OFlag::O_DIRECTORY)?;
+        let mut dir = Dir::from_fd(fd)?;
+        let names = read_names(&mut dir, usize::MAX);
+        for name in names {
+            let Some(name) = name.to_str().ok().filter(|name| {
+                nox_protocol::validate_workspace_name(name) && !name.starts_with('.')
+            }) else {
+                continue;
+            };
+            if let Ok(fd) = open_beneath(&self.root_fd, name, OFlag::O_DIRECTORY) {
+                self.owner_of(name, &fd).map_err(io::Error::other)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The owner of the open workspace `fd`: known, adopted from disk, or newly assigned
+    /// (the tree is then handed over to it).
+    fn owner_of(&self, workspace: &str, fd: &OwnedFd) -> Result<Owner, WorkspaceError> {
+        let Some(owners) = &self.owners else {
+            return Ok(None);
+        };
+        if let Some(uid) = owners.get(workspace) {
+            return Ok(Some((uid, uid)));
+        }
+        let chown_failed = |errno: Errno| WorkspaceError::Chown {
+            path: ".".to_owned(),
+            source: errno.into(),
+        };
+        let found = fstat(fd).map_err(chown_failed)?.st_uid;
+        if owners.adopt(workspace, found) {
+            return Ok(Some((found, found)));
+        }
+        let uid = owners.assign(workspace).ok_or(WorkspaceError::NoFreeUid)?;
+        owners::give_tree(fd, uid).map_err(chown_failed)?;
+        tracing::info!(
+            workspace,
+            from = found,
+            to = uid,
+            "workspace given a uid of its own"
+        );
+        Ok(Some((uid, uid)))
+    }
+
+    /// Create workspace `name` when missing (mode 0700, owned by its own uid); its path and
+    /// owner.
+    pub fn ensure(&self, workspace: &str) -> Result<(PathBuf, Owner), WorkspaceError> {
+        let (_, owner) = self.open_workspace_owned(workspace)?;
+        Ok((self.root.join(workspace), owner))
     }
 
     /// Write `contents` to `path`, atomically replacing whatever was there.
@@ -230,13 +296,13 @@ impl Workspaces {
 
     /// Start writing `path`: parents are created, the data goes to a temp file beside it.
     pub fn begin_upload(&self, workspace: &str, path: &RelPath) -> Result<Upload, WorkspaceError> {
-        let base = self.open_workspace(workspace)?;
+        let (base, owner) = self.open_workspace_owned(workspace)?;
         let (parent, name) = path.split_last();
         let dir = match parent {
-            Some(parent) => self.create_dirs(&base, parent)?,
+            Some(parent) => self.create_dirs(&base, parent, owner)?,
             None => base,
         };
-        let (temp_name, fd) = self.create_temp(&dir, path)?;
+        let (temp_name, fd) = self.create_temp(&dir, path, owner)?;
         Ok(Upload {
             dir,
             temp_name,
@@ -369,8 +435,13 @@ impl Workspaces {
         }
     }
 
-    /// Open (creating when missing) one workspace directory.
+    /// Open one workspace directory, creating it when missing.
     fn open_workspace(&self, workspace: &str) -> Result<OwnedFd, WorkspaceError> {
+        self.open_workspace_owned(workspace).map(|(fd, _)| fd)
+    }
+
+    /// Open (creating when missing) one workspace directory; with its owner.
+    fn open_workspace_owned(&self, workspace: &str) -> Result<(OwnedFd, Owner), WorkspaceError> {
         if !nox_protocol::validate_workspace_name(workspace) {
             return Err(WorkspaceError::InvalidName {
                 name: workspace.to_owned(),
@@ -378,7 +449,10 @@ impl Workspaces {
         }
         let name = || workspace.to_owned();
         match open_beneath(&self.root_fd, workspace, OFlag::O_DIRECTORY) {
-            Ok(fd) => return Ok(fd),
+            Ok(fd) => {
+                let owner = self.owner_of(workspace, &fd)?;
+                return Ok((fd, owner));
+            }
             Err(Errno::ENOENT) => {}
             Err(errno) => {
                 return Err(WorkspaceError::OpenWorkspace {
@@ -403,6 +477,13 @@ impl Workspaces {
                 source: errno.into(),
             }
         })?;
+        let owner = match &self.owners {
+            Some(owners) => {
+                let uid = owners.assign(workspace).ok_or(WorkspaceError::NoFreeUid)?;
+                Some((uid, uid))
+            }
+            None => None,
+        };
         if created {
             fchmod(&fd, Mode::from_bits_truncate(0o700)).map_err(|errno| {
                 WorkspaceError::CreateWorkspace {
@@ -410,13 +491,18 @@ impl Workspaces {
                     source: errno.into(),
                 }
             })?;
-            self.give_to_owner(&fd, workspace)?;
+            give_to(&fd, owner, workspace)?;
         }
-        Ok(fd)
+        Ok((fd, owner))
     }
 
     /// Open directory `relative` beneath `base`, creating each missing component.
-    fn create_dirs(&self, base: &OwnedFd, relative: &str) -> Result<OwnedFd, WorkspaceError> {
+    fn create_dirs(
+        &self,
+        base: &OwnedFd,
+        relative: &str,
+        owner: Owner,
+    ) -> Result<OwnedFd, WorkspaceError> {
         let mut walked = String::new();
         let mut current: Option<OwnedFd> = None;
         for component in relative.split('/') {
@@ -448,7 +534,7 @@ impl Workspaces {
                     let fd =
                         open_beneath(dir, component, OFlag::O_DIRECTORY).map_err(open_failed)?;
                     if created {
-                        self.give_to_owner(&fd, &walked)?;
+                        give_to(&fd, owner, &walked)?;
                     }
                     fd
                 }
@@ -463,11 +549,12 @@ impl Workspaces {
         })
     }
 
-    /// A new temp file in `dir`, opened for writing and owned by the sandbox user.
+    /// A new temp file in `dir`, opened for writing and owned by `owner`.
     fn create_temp(
         &self,
         dir: &OwnedFd,
         path: &RelPath,
+        owner: Owner,
     ) -> Result<(String, OwnedFd), WorkspaceError> {
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -476,7 +563,7 @@ impl Workspaces {
             let name = temp_name();
             match openat(dir, name.as_str(), flags, Mode::from_bits_truncate(0o644)) {
                 Ok(fd) => {
-                    if let Err(error) = self.give_to_owner(&fd, path.as_str()) {
+                    if let Err(error) = give_to(&fd, owner, path.as_str()) {
                         let _ = unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
                         return Err(error);
                     }
@@ -493,18 +580,19 @@ impl Workspaces {
             }
         }
     }
+}
 
-    fn give_to_owner(&self, fd: &OwnedFd, shown: &str) -> Result<(), WorkspaceError> {
-        let Some((uid, gid)) = self.owner else {
-            return Ok(());
-        };
-        fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|errno| {
-            WorkspaceError::Chown {
-                path: shown.to_owned(),
-                source: errno.into(),
-            }
-        })
-    }
+/// Give what `fd` is to `owner` (nothing to do when that is ourselves).
+fn give_to(fd: &OwnedFd, owner: Owner, shown: &str) -> Result<(), WorkspaceError> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|errno| {
+        WorkspaceError::Chown {
+            path: shown.to_owned(),
+            source: errno.into(),
+        }
+    })
 }
 
 /// An upload in progress: data goes to a temp file, [`Upload::commit`] renames it into
@@ -705,7 +793,7 @@ mod tests {
     #[test]
     fn the_workspace_is_created_private_and_bad_names_are_refused() {
         let (tmp, ws) = setup();
-        let path = ws.ensure("team-1").unwrap();
+        let path = ws.ensure("team-1").unwrap().0;
         assert_eq!(path, tmp.path().join("ws/team-1"));
         let mode = std::fs::metadata(&path).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o700);
@@ -753,7 +841,7 @@ mod tests {
     /// A workspace with a symlink to `/etc` planted at `link`, as a job could.
     fn planted(link_to: &str) -> (tempfile::TempDir, Workspaces, PathBuf) {
         let (tmp, ws) = setup();
-        let base = ws.ensure("w").unwrap();
+        let base = ws.ensure("w").unwrap().0;
         symlink(link_to, base.join("link")).unwrap();
         (tmp, ws, base)
     }
@@ -841,7 +929,7 @@ mod tests {
     #[test]
     fn a_hard_linked_file_is_not_served() {
         let (_tmp, ws) = setup();
-        let base = ws.ensure("w").unwrap();
+        let base = ws.ensure("w").unwrap().0;
         std::fs::write(base.join("orig"), b"secret").unwrap();
         std::fs::hard_link(base.join("orig"), base.join("alias")).unwrap();
         assert_eq!(
@@ -853,7 +941,7 @@ mod tests {
     #[test]
     fn directories_and_fifos_are_not_read_and_a_fifo_does_not_block() {
         let (_tmp, ws) = setup();
-        let base = ws.ensure("w").unwrap();
+        let base = ws.ensure("w").unwrap().0;
         std::fs::create_dir(base.join("dir")).unwrap();
         nix::unistd::mkfifo(&base.join("fifo"), Mode::from_bits_truncate(0o644)).unwrap();
         assert_eq!(
@@ -904,7 +992,7 @@ mod tests {
     #[test]
     fn a_listing_is_capped_and_says_so() {
         let (_tmp, ws) = setup();
-        let base = ws.ensure("w").unwrap();
+        let base = ws.ensure("w").unwrap().0;
         for i in 0..MAX_LISTING_ENTRIES + 5 {
             File::create(base.join(format!("f{i}"))).unwrap();
         }
@@ -920,19 +1008,66 @@ mod tests {
     }
 
     #[test]
-    fn files_and_directories_are_given_to_the_owner_when_one_is_set() {
+    fn files_and_directories_are_given_to_their_workspaces_own_uid() {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: chown to another user needs root");
             return;
         }
+        let range = UidRange {
+            first: 2_000_000_000,
+            count: 8,
+        };
         let tmp = tempfile::tempdir().unwrap();
-        let ws = Workspaces::new(tmp.path().join("ws"), Some((65534, 65534))).unwrap();
+        let ws = Workspaces::new(tmp.path().join("ws"), Some(range)).unwrap();
         ws.write_file("w", &rel("d/f"), b"x").unwrap();
+        let (_, owner) = ws.ensure("w").unwrap();
+        let (uid, gid) = owner.unwrap();
+        assert!(range.contains(uid) && uid == gid, "{owner:?}");
         for path in ["ws/w", "ws/w/d", "ws/w/d/f"] {
             let meta = std::fs::metadata(tmp.path().join(path)).unwrap();
-            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{path}");
+            assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{path}");
         }
+        let (_, other) = ws.ensure("v").unwrap();
+        assert_ne!(other, owner, "two workspaces share a uid");
         let root_mode = std::fs::metadata(tmp.path().join("ws")).unwrap().mode() & 0o7777;
         assert_eq!(root_mode, 0o711);
+        let ws_mode = std::fs::metadata(tmp.path().join("ws/w")).unwrap().mode() & 0o7777;
+        assert_eq!(ws_mode, 0o700);
+    }
+
+    #[test]
+    fn a_restart_keeps_each_workspaces_uid_and_moves_a_shared_one_to_its_own() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: chown to another user needs root");
+            return;
+        }
+        let range = UidRange {
+            first: 2_000_000_000,
+            count: 8,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("ws");
+        let before = Workspaces::new(root.clone(), Some(range)).unwrap();
+        before.write_file("kept", &rel("f"), b"x").unwrap();
+        let (_, kept) = before.ensure("kept").unwrap();
+        drop(before);
+        // A workspace from a release where every job ran as one sandbox user.
+        let legacy = root.join("legacy");
+        std::fs::create_dir_all(legacy.join("d")).unwrap();
+        std::fs::write(legacy.join("d/f"), b"y").unwrap();
+        symlink("/etc/passwd", legacy.join("link")).unwrap();
+        for path in [&legacy, &legacy.join("d"), &legacy.join("d/f")] {
+            std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+        }
+        let after = Workspaces::new(root.clone(), Some(range)).unwrap();
+        assert_eq!(after.ensure("kept").unwrap().1, kept);
+        let (uid, _) = after.ensure("legacy").unwrap().1.unwrap();
+        assert!(range.contains(uid) && Some((uid, uid)) != kept);
+        for path in ["legacy", "legacy/d", "legacy/d/f", "legacy/link"] {
+            let meta = std::fs::symlink_metadata(root.join(path)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (uid, uid), "{path}");
+        }
+        let passwd = std::fs::metadata("/etc/passwd").unwrap();
+        assert_eq!(passwd.uid(), 0, "a symlink was followed");
     }
 }

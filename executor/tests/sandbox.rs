@@ -46,8 +46,13 @@ fn fixture() -> &'static Fixture {
         std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o711))
             .unwrap();
         let identity = JobIdentity::resolve(&config).unwrap();
-        let workspaces =
-            Arc::new(Workspaces::new(config.workspace_root.clone(), identity.owner()).unwrap());
+        let workspaces = Arc::new(
+            Workspaces::new(
+                config.workspace_root.clone(),
+                identity.switches().then(|| config.tenant_uids()),
+            )
+            .unwrap(),
+        );
         let runner = Arc::new(JobRunner::new(&config, identity, workspaces).unwrap());
         Fixture {
             runner,
@@ -362,8 +367,13 @@ async fn a_required_layer_that_is_not_active_refuses_every_job() {
         ..ExecutorConfig::default()
     };
     let identity = JobIdentity::resolve(&config).unwrap();
-    let workspaces =
-        Arc::new(Workspaces::new(config.workspace_root.clone(), identity.owner()).unwrap());
+    let workspaces = Arc::new(
+        Workspaces::new(
+            config.workspace_root.clone(),
+            identity.switches().then(|| config.tenant_uids()),
+        )
+        .unwrap(),
+    );
     let runner = tokio::task::spawn_blocking(move || JobRunner::new(&config, identity, workspaces))
         .await
         .unwrap()
@@ -511,8 +521,13 @@ async fn the_cold_python_path_still_works() {
         ..ExecutorConfig::default()
     };
     let identity = JobIdentity::resolve(&config).unwrap();
-    let workspaces =
-        Arc::new(Workspaces::new(config.workspace_root.clone(), identity.owner()).unwrap());
+    let workspaces = Arc::new(
+        Workspaces::new(
+            config.workspace_root.clone(),
+            identity.switches().then(|| config.tenant_uids()),
+        )
+        .unwrap(),
+    );
     let runner = tokio::task::spawn_blocking(move || JobRunner::new(&config, identity, workspaces))
         .await
         .unwrap()

@@ -12,6 +12,7 @@
 //! them; a layer configured as required that is not active makes every job fail with
 //! `SandboxUnavailable` instead of running with less.
 
+pub mod cgroup;
 pub mod landlock;
 pub mod reaper;
 pub mod seccomp;
@@ -58,13 +59,11 @@ pub enum SandboxError {
     #[error("Landlock is not available in this kernel")]
     LandlockUnavailable,
     #[error(
-        "the sandbox user (uid {uid}) cannot reach {path}: {blocker} is not searchable by it (make it mode o+x, or choose a directory under one that is)"
+        "jobs (each running as its workspace's own uid) cannot reach {path}: {blocker} is not searchable by others (make it mode o+x, or choose a directory under one that is)"
     )]
-    Unreachable {
-        uid: u32,
-        path: PathBuf,
-        blocker: PathBuf,
-    },
+    Unreachable { path: PathBuf, blocker: PathBuf },
+    #[error("could not make the job's pids cgroup")]
+    Cgroup(#[source] io::Error),
     #[error("could not start the reaper")]
     Reaper(#[source] io::Error),
     #[error("{what} contains a NUL byte")]
@@ -113,13 +112,15 @@ pub enum Step {
     Landlock = 12,
     Seccomp = 13,
     Exec = 14,
+    Cgroup = 15,
     Unknown = 0,
 }
 
 impl Step {
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 15] = [
         Step::Signals,
         Step::ProcessGroup,
+        Step::Cgroup,
         Step::Stdio,
         Step::CloseDescriptors,
         Step::Rlimits,
@@ -146,6 +147,7 @@ impl Step {
         match self {
             Step::Signals => "reset signals",
             Step::ProcessGroup => "own process group",
+            Step::Cgroup => "join the job's pids cgroup",
             Step::Stdio => "standard descriptors",
             Step::CloseDescriptors => "close inherited descriptors",
             Step::Rlimits => "rlimits",
@@ -200,34 +202,26 @@ impl JobIdentity {
         })
     }
 
-    /// The uid and gid that must own workspace files, when they differ from ours.
-    pub fn owner(&self) -> Option<(u32, u32)> {
-        self.switch_to
+    /// Whether jobs change uid (the executor is root): each then runs as its workspace's.
+    pub fn switches(&self) -> bool {
+        self.switch_to.is_some()
     }
 
-    /// Check that jobs, running as the sandbox user, can reach `path` by name: every
-    /// directory above it must be searchable by that user. (The job enters its workspace
-    /// by descriptor, which would hide the problem until a job used an absolute path.)
+    /// Check that jobs, running as their workspace's uid (which owns nothing above the
+    /// workspace), can reach `path` by name: every directory above it must be searchable by
+    /// others. (The job enters its workspace by descriptor, which would hide the problem
+    /// until a job used an absolute path.)
     pub fn check_reachable(&self, path: &Path) -> Result<(), SandboxError> {
         use std::os::unix::fs::MetadataExt;
-        let Some((uid, gid)) = self.switch_to else {
+        if self.switch_to.is_none() {
             return Ok(());
-        };
+        }
         for ancestor in path.ancestors().skip(1) {
             let Ok(meta) = std::fs::metadata(ancestor) else {
                 continue;
             };
-            let mode = meta.mode();
-            let searchable = if meta.uid() == uid {
-                mode & 0o100 != 0
-            } else if meta.gid() == gid {
-                mode & 0o010 != 0
-            } else {
-                mode & 0o001 != 0
-            };
-            if !searchable {
+            if meta.mode() & 0o001 == 0 {
                 return Err(SandboxError::Unreachable {
-                    uid,
                     path: path.to_path_buf(),
                     blocker: ancestor.to_path_buf(),
                 });
@@ -236,9 +230,12 @@ impl JobIdentity {
         Ok(())
     }
 
-    fn describe(&self) -> String {
+    fn describe(&self, tenants: crate::owners::UidRange) -> String {
         match self.switch_to {
-            Some((uid, gid)) => format!("uid {uid} gid {gid} ({})", self.user),
+            Some((uid, _)) => format!(
+                "a uid per workspace from {} ({} uids); the Python zygote as {} (uid {uid})",
+                tenants.first, tenants.count, self.user
+            ),
             None => format!(
                 "executor is not root: jobs run as its own uid {}",
                 self.own_uid
@@ -251,10 +248,17 @@ impl JobIdentity {
 #[derive(Debug)]
 pub struct Sandbox {
     identity: JobIdentity,
+    /// The uids workspaces are given (for the layer report).
+    tenant_uids: crate::owners::UidRange,
     landlock: Option<LandlockPolicy>,
     seccomp: Option<BpfProgram>,
     seccomp_error: Option<String>,
     network_isolated: bool,
+    /// A pids cgroup per job, or why there is none.
+    cgroups: Result<cgroup::Cgroups, String>,
+    /// RLIMIT_NPROC when each job has a pids cgroup: only a backstop for a whole workspace
+    /// uid, room for every job at its ceiling.
+    nproc_backstop: u64,
     /// Processes the job's uid already has, added to RLIMIT_NPROC when jobs share the
     /// executor's uid (development), so the developer's own processes do not count.
     process_allowance: u64,
@@ -291,10 +295,16 @@ impl Sandbox {
         };
         let mut sandbox = Sandbox {
             identity,
+            tenant_uids: config.tenant_uids(),
             landlock,
             seccomp,
             seccomp_error,
             network_isolated: only_loopback(),
+            cgroups: cgroup::Cgroups::probe(),
+            nproc_backstop: config
+                .limits
+                .processes
+                .saturating_mul(u64::from(config.concurrency()) + 1),
             process_allowance,
             reaper: Reaper::global().map_err(SandboxError::Reaper)?,
             required: config.required(),
@@ -319,7 +329,7 @@ impl Sandbox {
             limits: Limits::default(),
         };
         let started = self
-            .spawn(&command, &[dir])
+            .spawn(&command, &[dir], None)
             .map_err(|error| nox_protocol::error_chain(&error))?;
         // Polled rather than awaited: this runs once at start, inside or outside a runtime.
         let mut exit = started.exit;
@@ -361,10 +371,22 @@ impl Sandbox {
             .map(|layer| {
                 let (active, detail) = match layer {
                     Layer::ProcessGroup => (probe_ok, "killed whole at timeout and exit".into()),
-                    Layer::Rlimits => (probe_ok, "cpu, as, nproc, fsize, nofile, core".into()),
+                    Layer::Rlimits => (
+                        probe_ok,
+                        match &self.cgroups {
+                            Ok(cgroups) => format!(
+                                "cpu, as, fsize, nofile, core; processes: {}",
+                                cgroups.describe()
+                            ),
+                            Err(reason) => format!(
+                                "cpu, as, fsize, nofile, core; processes: RLIMIT_NPROC of the \
+                                 workspace's uid (no pids cgroup per job: {reason})"
+                            ),
+                        },
+                    ),
                     Layer::SandboxUser => (
                         probe_ok && self.identity.switch_to.is_some(),
-                        self.identity.describe(),
+                        self.identity.describe(self.tenant_uids),
                     ),
                     Layer::NoCapabilities => (probe_ok, "all capability sets empty".into()),
                     Layer::NoNewPrivs => (probe_ok, "PR_SET_NO_NEW_PRIVS".into()),
@@ -413,12 +435,22 @@ impl Sandbox {
             .collect()
     }
 
-    /// Start a job. Blocking (fork, then wait for exec). `writable` are the directories
-    /// Landlock lets the job write.
+    /// Whom a job of a workspace owned by `user` runs as: that user when the executor is
+    /// root (never root itself: the sandbox user stands in for a missing owner), else
+    /// nobody else than ourselves.
+    fn run_as(&self, user: Option<(u32, u32)>) -> Option<(u32, u32)> {
+        self.identity
+            .switch_to
+            .map(|sandbox_user| user.filter(|(uid, _)| *uid != 0).unwrap_or(sandbox_user))
+    }
+
+    /// Start a job as `user` (its workspace's owner). Blocking (fork, then wait for exec).
+    /// `writable` are the directories Landlock lets the job write.
     pub fn spawn(
         &self,
         command: &JobCommand,
         writable: &[&Path],
+        user: Option<(u32, u32)>,
     ) -> Result<SpawnedJob, SandboxError> {
         let (program, argv, envp) = spawn::command_strings(command)?;
         let workdir =
@@ -436,14 +468,17 @@ impl Sandbox {
             }
             None => None,
         };
+        let cgroup = self.job_cgroup(&command.limits)?;
         let plan = ChildPlan {
             program,
             argv,
             envp,
             workdir,
             inherit: code.into_iter().collect(),
-            rlimits: spawn::rlimits_for(&command.limits, self.process_allowance),
-            identity: self.identity.switch_to,
+            rlimits: spawn::rlimits_for(&command.limits, self.nproc_limit(&command.limits)),
+            cgroup,
+            identity: self.run_as(user),
+            keep_capabilities: 0,
             landlock,
             seccomp: self.seccomp.as_ref(),
         };
@@ -485,7 +520,35 @@ impl Sandbox {
             Some(policy) => Some(policy.ruleset(writable)?),
             None => None,
         };
-        zygote.spawn(job, landlock, self.process_allowance)
+        let cgroup = self.job_cgroup(job.limits)?;
+        zygote.spawn(
+            job,
+            self.run_as(job.user),
+            landlock,
+            cgroup,
+            self.nproc_limit(job.limits),
+        )
+    }
+
+    /// A pids cgroup for a job with `limits`, when cgroups are available.
+    fn job_cgroup(&self, limits: &Limits) -> Result<Option<cgroup::JobCgroup>, SandboxError> {
+        match &self.cgroups {
+            Ok(cgroups) => cgroups
+                .create(limits.max_processes)
+                .map(Some)
+                .map_err(SandboxError::Cgroup),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// RLIMIT_NPROC for a job with `limits`: the job's own limit when it counts alone
+    /// (uid), a backstop for the whole uid when its pids cgroup counts for it.
+    fn nproc_limit(&self, limits: &Limits) -> u64 {
+        match &self.cgroups {
+            Ok(_) => self.nproc_backstop.max(limits.max_processes),
+            Err(_) => limits.max_processes,
+        }
+        .saturating_add(self.process_allowance)
     }
 
     /// Kill the whole process group of a job whose leader has not been reaped. `zygote` is

@@ -1,7 +1,7 @@
 //! Starting one job: prepare everything in the executor, fork, and in the child only apply.
 //!
 //! INVARIANT: the order of the child's steps is fixed and is the order of [`Step`]:
-//! signals reset → own process group → stdio and the code descriptor in place → every
+//! signals reset → own process group → the job's pids cgroup → stdio and the code descriptor in place → every
 //! other descriptor close-on-exec → rlimits → supplementary groups, gid, uid (as root) →
 //! working directory → no capabilities in any set → `no_new_privs` → Landlock → seccomp →
 //! exec. rlimits come before the uid change so the job cannot raise them (it lacks
@@ -56,8 +56,14 @@ pub struct ChildPlan<'a> {
     /// a cold job; the control socket and the seccomp program for the zygote).
     pub inherit: Vec<OwnedFd>,
     pub rlimits: Vec<(RlimitResource, libc::rlimit)>,
+    /// The job's pids cgroup, which its process joins first thing.
+    pub cgroup: Option<super::cgroup::JobCgroup>,
     /// `(uid, gid)` to switch to; `None` keeps the executor's own (not root).
     pub identity: Option<(u32, u32)>,
+    /// Capabilities (a mask of `1 << CAP_*`, the first 32) kept across the uid change and
+    /// exec as ambient ones: only for the Python zygote, which changes each job's uid and
+    /// kills its process groups. Every job has 0.
+    pub keep_capabilities: u32,
     pub landlock: Option<OwnedFd>,
     pub seccomp: Option<&'a BpfProgram>,
 }
@@ -81,6 +87,8 @@ pub struct SpawnedJob {
     pub started: Instant,
     /// The zygote that forked the job, for a Python job on the warm path.
     pub zygote: Option<std::sync::Arc<super::zygote::Zygote>>,
+    /// The job's pids cgroup: held until the job is over, then emptied and removed.
+    pub cgroup: Option<super::cgroup::JobCgroup>,
 }
 
 impl std::fmt::Debug for ChildPlan<'_> {
@@ -111,8 +119,9 @@ pub fn both(value: u64) -> libc::rlimit {
     }
 }
 
-/// The rlimits for `limits`, in the order they are applied.
-pub fn rlimits_for(limits: &Limits, process_allowance: u64) -> Vec<(RlimitResource, libc::rlimit)> {
+/// The rlimits for `limits`, in the order they are applied; `nproc` is RLIMIT_NPROC, which
+/// counts every process of the job's uid.
+pub fn rlimits_for(limits: &Limits, nproc: u64) -> Vec<(RlimitResource, libc::rlimit)> {
     vec![
         // SIGXCPU at the soft limit, SIGKILL one second later at the hard limit.
         (
@@ -123,10 +132,7 @@ pub fn rlimits_for(limits: &Limits, process_allowance: u64) -> Vec<(RlimitResour
             },
         ),
         (libc::RLIMIT_AS, both(limits.memory_bytes)),
-        (
-            libc::RLIMIT_NPROC,
-            both(limits.max_processes.saturating_add(process_allowance)),
-        ),
+        (libc::RLIMIT_NPROC, both(nproc)),
         (libc::RLIMIT_FSIZE, both(limits.max_file_bytes)),
         (libc::RLIMIT_NOFILE, both(limits.max_open_files)),
         (libc::RLIMIT_CORE, both(0)),
@@ -225,7 +231,12 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
         stderr: stderr_write.as_raw_fd(),
         inherit: &inherit_raw,
         rlimits: &plan.rlimits,
+        cgroup_procs: plan
+            .cgroup
+            .as_ref()
+            .map_or(-1, super::cgroup::JobCgroup::procs),
         identity: plan.identity,
+        keep_capabilities: plan.keep_capabilities,
         landlock: plan.landlock.as_ref().map_or(-1, AsRawFd::as_raw_fd),
         seccomp: plan.seccomp.map(|program| libc::sock_fprog {
             // The filter is refused at compile time if longer than u16::MAX instructions.
@@ -259,6 +270,7 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
             exit,
             started,
             zygote: None,
+            cgroup: plan.cgroup,
         }),
         Ok(Some((step, errno))) => Err(SandboxError::ChildSetup {
             step,
@@ -351,7 +363,10 @@ struct RawPlan<'a> {
     /// one never overwrites another still to be placed.
     inherit: &'a [RawFd],
     rlimits: &'a [(RlimitResource, libc::rlimit)],
+    /// `cgroup.procs` of the job's pids cgroup, or -1.
+    cgroup_procs: RawFd,
     identity: Option<(u32, u32)>,
+    keep_capabilities: u32,
     landlock: RawFd,
     seccomp: Option<libc::sock_fprog>,
     error_fd: RawFd,
@@ -416,6 +431,10 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
         if libc::setpgid(0, 0) != 0 {
             fail(Step::ProcessGroup);
         }
+        // Into the job's pids cgroup ("0": this process) while still the only process.
+        if plan.cgroup_procs >= 0 && libc::write(plan.cgroup_procs, c"0".as_ptr().cast(), 1) != 1 {
+            fail(Step::Cgroup);
+        }
         if libc::dup2(plan.stdin, 0) < 0
             || libc::dup2(plan.stdout, 1) < 0
             || libc::dup2(plan.stderr, 2) < 0
@@ -449,7 +468,11 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
         // Raw system calls, not libc's wrappers: glibc's set*id wrappers apply the change
         // to every thread of the process, and in this CLONE_VM child its thread list is
         // the executor's.
+        let keep = plan.keep_capabilities;
         if let Some((uid, gid)) = plan.identity {
+            if keep != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+                fail(Step::Uid);
+            }
             if libc::syscall(libc::SYS_setgroups, 1, &gid) != 0 {
                 fail(Step::Groups);
             }
@@ -463,8 +486,9 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
         if libc::fchdir(plan.workdir) != 0 {
             fail(Step::WorkingDirectory);
         }
-        // No capabilities in any set. Leaving root already emptied permitted and effective;
-        // ambient and inheritable are cleared explicitly (they survive a non-root setuid).
+        // No capabilities in any set (but `keep`, for the zygote). Leaving root already
+        // emptied permitted and effective; ambient and inheritable are cleared explicitly
+        // (they survive a non-root setuid).
         let ambient = libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL,
@@ -478,9 +502,9 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
         };
         let data = [
             CapData {
-                effective: 0,
-                permitted: 0,
-                inheritable: 0,
+                effective: keep,
+                permitted: keep,
+                inheritable: keep,
             },
             CapData {
                 effective: 0,
@@ -492,6 +516,19 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
             || libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0
         {
             fail(Step::Capabilities);
+        }
+        for capability in 0..32u32 {
+            if keep & (1 << capability) != 0
+                && libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE,
+                    libc::c_ulong::from(capability),
+                    0,
+                    0,
+                ) != 0
+            {
+                fail(Step::Capabilities);
+            }
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(Step::NoNewPrivs);

@@ -1,12 +1,13 @@
 # nox Python zygote: a warm interpreter that forks one fresh process per job.
 #
-# Started by the executor as the sandbox user, with no capabilities, no_new_privs, a clean
-# environment and its own process group; it never runs job code itself. It listens on
+# Started by the executor as the sandbox user, with no capabilities but CAP_SETUID, CAP_SETGID
+# and CAP_KILL (ambient, when the executor is root), no_new_privs, a clean environment and
+# its own process group; it never runs job code itself. It listens on
 # descriptor 3 (a SOCK_SEQPACKET socket to the executor) and holds the job seccomp program
 # on descriptor 4. For each "run" message (only an id, with descriptors attached: stdio, the
-# workspace, the code, the job's details, its Landlock ruleset) it forks; the
-# child puts itself in its own process group, takes the job's stdio, enters the workspace,
-# lowers its rlimits, closes every other descriptor (the control socket first of all),
+# workspace, the code, the job's details, its Landlock ruleset, its pids cgroup) it forks; the
+# child puts itself in its own process group, takes the job's stdio, lowers its rlimits,
+# takes its workspace's uid and gid, drops every capability, enters the workspace, closes every other descriptor (the control socket first of all),
 # restricts itself with the job's Landlock ruleset and loads the seccomp program, reports
 # "ok" on a pipe, and only then runs the code, in a fresh __main__, exactly as the cold
 # path's bootstrap does. Jobs share nothing with each other but the zygote's read-only
@@ -18,7 +19,10 @@ import atexit, builtins, io, linecache, threading, traceback, types
 
 SYS_LANDLOCK_RESTRICT_SELF = int(sys.argv[1])
 SYS_SECCOMP = int(sys.argv[2])
+SYS_CAPSET = int(sys.argv[3])
 SECCOMP_SET_MODE_FILTER = 1
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 CONTROL = socket.socket(fileno=3)
 with open(4, "rb") as program_file:
     PROGRAM = program_file.read()
@@ -33,6 +37,17 @@ FPROG = SockFprog(len(PROGRAM) // 8, PROGRAM)
 CHILDREN = set()
 
 
+def drop_capabilities():
+    """Empty every capability set: the zygote keeps CAP_SETUID, CAP_SETGID and CAP_KILL
+    (to give each job its workspace's uid and to kill job groups); a job keeps none."""
+    if LIBC.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "PR_CAP_AMBIENT_CLEAR_ALL")
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    if LIBC.syscall(SYS_CAPSET, header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 def send(message):
     CONTROL.send(json.dumps(message).encode())
 
@@ -44,21 +59,38 @@ def run_job(fds, report):
         os.setpgid(0, 0)
         step = "standard descriptors"
         stdin, stdout, stderr, workdir, code_fd, spec_fd = fds[:6]
-        landlock = fds[6] if len(fds) > 6 else -1
         # The job's details arrive here, read only by this process: the zygote never
         # parses them, so no later fork inherits them in its memory.
         with open(spec_fd, "rb", closefd=False) as f:
             spec = json.loads(f.read())
+        extra = dict(zip(spec["extra"], fds[6:]))
+        landlock = extra.get("landlock", -1)
+        if "cgroup" in extra:
+            # Into the job's pids cgroup ("0": this process) before anything can fork.
+            step = "join the job's pids cgroup"
+            os.write(extra["cgroup"], b"0")
+            step = "standard descriptors"
         os.dup2(stdin, 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
-        step = "enter the workspace"
-        os.fchdir(workdir)
         with open(code_fd, "rb", closefd=False) as f:
             source = f.read()
         step = "rlimits"
         for resource_id, soft, hard in spec["rlimits"]:
             resource.setrlimit(resource_id, (soft, hard))
+        # The workspace's own uid (and gid), before entering it: it is 0700 to that uid.
+        if spec["user"] is not None:
+            uid, gid = spec["user"]
+            step = "supplementary groups"
+            os.setgroups([gid])
+            step = "setresgid"
+            os.setresgid(gid, gid, gid)
+            step = "setresuid"
+            os.setresuid(uid, uid, uid)
+        step = "drop capabilities"
+        drop_capabilities()
+        step = "enter the workspace"
+        os.fchdir(workdir)
         step = "close inherited descriptors"
         keep = {report, landlock}
         for fd in range(3, max(keep) + 1):

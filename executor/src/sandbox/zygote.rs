@@ -1,7 +1,9 @@
 //! The warm Python path: a zygote interpreter (`zygote.py`) that forks one process per job.
 //!
-//! The zygote is started through the ordinary spawn path — sandbox uid, no capabilities,
-//! `no_new_privs`, clean environment, own process group — without Landlock and seccomp,
+//! The zygote is started through the ordinary spawn path — sandbox uid, no capabilities but
+//! CAP_SETUID, CAP_SETGID and CAP_KILL (as root: it gives each job its workspace's uid and
+//! kills job groups), `no_new_privs`, clean environment, own process group — without
+//! Landlock and seccomp,
 //! which each job's process applies for itself after the fork (the Landlock ruleset of its
 //! workspace arrives as a descriptor with the job; the seccomp program is the executor's
 //! own compiled filter, handed to the zygote once at start). Job code never runs in the
@@ -32,6 +34,10 @@ use super::{Sandbox, SandboxError};
 /// The zygote's program, run with `python3 -I -u -c`.
 const ZYGOTE_SOURCE: &str = include_str!("zygote.py");
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Capability numbers (linux/capability.h).
+const CAP_KILL: u32 = 5;
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
 
 /// A Python job for the zygote.
 #[derive(Debug)]
@@ -44,6 +50,8 @@ pub struct WarmPython<'a> {
     pub env: &'a [(String, String)],
     pub workdir: &'a Path,
     pub limits: &'a nox_protocol::Limits,
+    /// The workspace's owner, whom the job runs as (see `crate::owners`).
+    pub user: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +141,7 @@ impl Zygote {
                 ZYGOTE_SOURCE.into(),
                 libc::SYS_landlock_restrict_self.to_string(),
                 libc::SYS_seccomp.to_string(),
+                libc::SYS_capset.to_string(),
             ],
             env: vec![
                 ("PATH".into(), "/usr/bin:/bin".into()),
@@ -159,7 +168,14 @@ impl Zygote {
                 (libc::RLIMIT_CORE, spawn::both(0)),
                 (libc::RLIMIT_NOFILE, spawn::both(1024)),
             ],
+            cgroup: None,
             identity: sandbox.identity.switch_to,
+            // To give each job its workspace's uid, and to kill job groups of those uids.
+            keep_capabilities: if sandbox.identity.switch_to.is_some() {
+                1 << CAP_SETUID | 1 << CAP_SETGID | 1 << CAP_KILL
+            } else {
+                0
+            },
             landlock: None,
             seccomp: None,
         };
@@ -210,8 +226,10 @@ impl Zygote {
     pub fn spawn(
         self: &Arc<Self>,
         job: &WarmPython<'_>,
+        user: Option<(u32, u32)>,
         landlock: Option<OwnedFd>,
-        process_allowance: u64,
+        cgroup: Option<super::cgroup::JobCgroup>,
+        nproc: u64,
     ) -> Result<SpawnedJob, SandboxError> {
         let (stdin_read, stdin_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
         let (stdout_read, stdout_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
@@ -222,7 +240,7 @@ impl Zygote {
                 source,
             })?;
         let code = spawn::memfd_with(job.code).map_err(SandboxError::Pipe)?;
-        let rlimits: Vec<[u64; 3]> = spawn::rlimits_for(job.limits, process_allowance)
+        let rlimits: Vec<[u64; 3]> = spawn::rlimits_for(job.limits, nproc)
             .into_iter()
             .map(|(resource, limit)| [resource_number(resource), limit.rlim_cur, limit.rlim_max])
             .collect();
@@ -233,11 +251,20 @@ impl Zygote {
             .collect();
         // The details go in a memfd that only the job's process reads: the zygote never
         // holds them, so no later fork can find them in its memory.
+        let extra: Vec<&str> = [
+            landlock.as_ref().map(|_| "landlock"),
+            cgroup.as_ref().map(|_| "cgroup"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let details = json!({
             "display": job.display,
             "filename": job.filename,
             "env": env,
             "rlimits": rlimits,
+            "user": user,
+            "extra": extra,
         });
         let details =
             spawn::memfd_with(details.to_string().as_bytes()).map_err(SandboxError::Pipe)?;
@@ -249,8 +276,12 @@ impl Zygote {
             code.as_raw_fd(),
             details.as_raw_fd(),
         ];
+        // Optional descriptors follow the six, named in the details' "extra" in order.
         if let Some(ruleset) = &landlock {
             fds.push(ruleset.as_raw_fd());
+        }
+        if let Some(cgroup) = &cgroup {
+            fds.push(cgroup.procs());
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let message = json!({"op": "run", "id": id});
@@ -280,6 +311,7 @@ impl Zygote {
                 exit,
                 started,
                 zygote: Some(Arc::clone(self)),
+                cgroup,
             }),
             Ok(Err((step, errno))) => Err(SandboxError::ZygoteSetup {
                 step,

@@ -51,7 +51,6 @@ fn with_concurrent_jobs(nox: &Nox, endpoint: &str, bomb: &Value) -> (Value, Vec<
 }
 
 #[test]
-#[ignore = "known gap (tests/ADVERSARIAL.md): one job's fork bomb exhausts the shared sandbox uid's RLIMIT_NPROC for other jobs; needs a uid (or pids cgroup) per job"]
 fn a_shell_fork_bomb_is_contained_and_concurrent_jobs_finish_correctly() {
     let _exclusive = common::exclusive();
     let nox = Nox::shared();
@@ -78,7 +77,6 @@ fn a_shell_fork_bomb_is_contained_and_concurrent_jobs_finish_correctly() {
 }
 
 #[test]
-#[ignore = "known gap (tests/ADVERSARIAL.md): one job's fork loop exhausts the shared sandbox uid's RLIMIT_NPROC for other jobs; needs a uid (or pids cgroup) per job"]
 fn a_python_fork_loop_is_contained_and_concurrent_jobs_finish_correctly() {
     let _exclusive = common::exclusive();
     let nox = Nox::shared();
@@ -139,7 +137,6 @@ while True:
 }
 
 #[test]
-#[ignore = "known gap (tests/ADVERSARIAL.md): RLIMIT_NPROC counts every process of the one shared sandbox uid; needs a uid (or pids cgroup) per job"]
 fn a_job_asking_for_fewer_processes_than_other_jobs_hold_still_starts() {
     let _jobs = common::jobs();
     let nox = Nox::shared();

@@ -691,7 +691,6 @@ fn the_workspace_itself_cannot_be_deleted_or_replaced_over_http() {
 }
 
 #[test]
-#[ignore = "known gap (tests/ADVERSARIAL.md): metadata is outside Landlock and one uid owns every workspace; needs a uid per workspace or a mount namespace per job"]
 fn a_job_cannot_change_the_mode_times_or_attributes_of_another_workspace() {
     let _jobs = common::jobs();
     let nox = tenants();

@@ -224,7 +224,7 @@ fn a_job_cannot_connect_to_an_abstract_socket_of_the_host() {
 }
 
 #[test]
-#[ignore = "known gap (tests/ADVERSARIAL.md): Landlock ABI 7 does not govern connect() to path sockets; needs a mount namespace per job or InaccessiblePaths= in the unit"]
+#[ignore = "known gap (tests/ADVERSARIAL.md): outside systemd; Landlock ABI 7 does not govern connect() to path sockets (the unit hides /run, see tests/boot/run.sh)"]
 fn a_job_cannot_connect_to_a_unix_socket_of_the_host_outside_its_workspace() {
     let _jobs = common::jobs();
     let nox = Nox::shared();

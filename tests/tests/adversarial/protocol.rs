@@ -492,7 +492,6 @@ fn an_oversized_chunk_or_an_unexpected_frame_mid_upload_drops_the_connection_and
 }
 
 #[test]
-#[ignore = "known gap (tests/ADVERSARIAL.md): a processes limit below what the shared sandbox uid already runs fails exec (503); needs a uid per job"]
 fn absurd_limits_in_a_run_are_clamped_to_the_ceilings_and_floors() {
     let _jobs = common::jobs();
     let nox = Nox::shared();

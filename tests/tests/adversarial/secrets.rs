@@ -257,7 +257,6 @@ fn a_job_cannot_read_the_command_line_of_another_tenants_job() {
 }
 
 #[test]
-#[ignore = "known gap (tests/ADVERSARIAL.md): stat of another workspace is outside Landlock's rules; needs a uid per workspace or a mount namespace per job"]
 fn a_job_cannot_learn_whether_a_file_exists_in_another_workspace() {
     let _jobs = common::jobs();
     let nox = tenants();

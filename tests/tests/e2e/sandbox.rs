@@ -31,24 +31,45 @@ fn a_job_has_no_capabilities_no_new_privs_and_a_seccomp_filter() {
 }
 
 #[test]
-fn a_job_run_by_root_runs_as_the_sandbox_user() {
-    if skip_unless_root("a_job_run_by_root_runs_as_the_sandbox_user") {
+fn a_job_run_by_root_runs_as_its_workspaces_own_uid() {
+    if skip_unless_root("a_job_run_by_root_runs_as_its_workspaces_own_uid") {
         return;
     }
-    let expected = nix::unistd::User::from_name("nox-sandbox")
+    use std::os::unix::fs::MetadataExt;
+    let nox = Nox::shared();
+    let sandbox_user = nix::unistd::User::from_name("nox-sandbox")
         .expect("read the user database")
         .expect("user nox-sandbox exists (test.sh creates it)");
-    let reply = Nox::shared().run_sh("id -u; id -g; id -G");
+    let reply = nox.run_sh("id -u; id -g; id -G");
     let out = stdout(&reply);
-    let mut lines = out.lines();
-    let uid = lines.next().unwrap_or_default();
-    assert_ne!(uid, "0", "the job runs as root: {reply}");
-    assert_eq!(uid, expected.uid.to_string(), "{reply}");
-    assert_ne!(lines.next(), Some("0"), "the job's gid is root's: {reply}");
-    let groups = lines.next().unwrap_or_default();
+    let ids: Vec<&str> = out.lines().collect();
+    let [uid, gid, groups] = ids[..] else {
+        panic!("unexpected output: {reply}");
+    };
+    let uid: u32 = uid.parse().expect("a numeric uid");
+    // The default range: executor.tenant_uid_first = 2000000000, 65536 of them.
     assert!(
-        !groups.split_whitespace().any(|g| g == "0"),
-        "the job keeps root's group: {reply}"
+        (2_000_000_000..2_000_065_536).contains(&uid),
+        "the job's uid {uid} is not a workspace uid: {reply}"
+    );
+    assert_ne!(uid, sandbox_user.uid.as_raw(), "{reply}");
+    assert_eq!(gid, uid.to_string(), "{reply}");
+    assert_eq!(
+        groups,
+        uid.to_string(),
+        "the job keeps other groups: {reply}"
+    );
+    let workspace = std::fs::metadata(nox.workspace("default")).expect("the workspace");
+    assert_eq!(
+        (workspace.uid(), workspace.gid(), workspace.mode() & 0o7777),
+        (uid, uid, 0o700),
+        "the workspace is not private to its uid"
+    );
+    let python = nox.run_py("import os; print(os.getuid(), os.getgid(), os.getgroups())");
+    assert_eq!(
+        stdout(&python),
+        format!("{uid} {uid} [{uid}]\n"),
+        "a warm Python job of the same workspace runs as another user: {python}"
     );
 }
 
@@ -273,6 +294,24 @@ fn rlimits_are_applied_to_the_job() {
     );
     let limits = stdout(&reply);
     assert_eq!(reply["returncode"], 0, "{reply}");
+    let health = nox.client().health().expect_json(200);
+    let per_job_cgroup = health["executor"]["layers"]["rlimits"]["detail"]
+        .as_str()
+        .is_some_and(|detail| detail.contains("pids cgroup ("));
+    if per_job_cgroup {
+        let job = nox.run_sh("cat /proc/self/cgroup");
+        let cgroup = stdout(&job);
+        let pids = cgroup
+            .lines()
+            .find(|line| line.contains(":pids:") || line.starts_with("0::"))
+            .unwrap_or_default();
+        assert!(
+            pids.rsplit('/')
+                .next()
+                .is_some_and(|leaf| leaf.starts_with("job-")),
+            "/health reports a pids cgroup per job, but the job is not in one:\n{cgroup}"
+        );
+    }
     // `Max cpu time   5   5   seconds`: the name, then the soft and hard values.
     let soft_and_hard = |name: &str| -> Option<(String, String)> {
         let rest = limits.lines().find_map(|line| line.strip_prefix(name))?;
@@ -288,8 +327,11 @@ fn rlimits_are_applied_to_the_job() {
         ("Max address space", "268435456"),
     ] {
         let (soft, hard) = soft_and_hard(name).unwrap_or_default();
-        if name == "Max processes" && !nox_e2e::is_root() {
-            // Jobs sharing the invoking user's uid get that user's existing processes on top.
+        if name == "Max processes" && (!nox_e2e::is_root() || per_job_cgroup) {
+            // Jobs sharing the invoking user's uid get that user's existing processes on
+            // top; with a pids cgroup per job, RLIMIT_NPROC is only a backstop for the
+            // workspace's uid, and the cgroup holds the job to its 48 (the adversarial
+            // fork-bomb cases show it).
             assert!(soft.parse::<u64>().is_ok_and(|n| n >= 48), "{limits}");
             continue;
         }

@@ -1,0 +1,304 @@
+//! A pids cgroup per job, where the executor can make one: each job's processes and threads
+//! are counted on their own, so one job's fork bomb stops at its own `limits.processes` and
+//! cannot take the processes another job (even of the same workspace, which shares its uid
+//! and so its RLIMIT_NPROC) needs. Leftovers that escaped the job's process group are
+//! killed through the cgroup when the job ends.
+//!
+//! Where: cgroup v2 when the executor's own cgroup is delegated to it (`Delegate=yes`) and
+//! offers the pids controller — the executor then moves itself to a `supervisor` leaf, as
+//! v2's "no internal processes" rule requires, and keeps jobs in `jobs-<pid>/job-<n>` —
+//! else the v1 pids hierarchy (hybrid hosts) in `<own cgroup>/nox-jobs-<pid>/job-<n>`.
+//! Where neither is writable, [`Cgroups::probe`] says why and jobs keep RLIMIT_NPROC only,
+//! which then counts per workspace uid (see `crate::owners`).
+//!
+//! A job's first process joins its cgroup itself, before it can fork: it writes `0` to the
+//! cgroup's `cgroup.procs`, opened by the executor (the kernel checks the opener's
+//! credentials, so the zygote's child can do it too).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Which cgroup hierarchy job cgroups live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// Where job cgroups are made.
+#[derive(Debug)]
+pub struct Cgroups {
+    version: Version,
+    /// The parent of every job cgroup of this executor.
+    parent: PathBuf,
+    cleanup: mpsc::Sender<PathBuf>,
+}
+
+/// One job's cgroup. Dropped, it is emptied (anything left is killed) and removed, on a
+/// thread of its own.
+#[derive(Debug)]
+pub struct JobCgroup {
+    path: PathBuf,
+    procs: OwnedFd,
+    cleanup: mpsc::Sender<PathBuf>,
+}
+
+impl JobCgroup {
+    /// `cgroup.procs` of the job's cgroup, open for writing: the job's first process
+    /// writes `0` to it.
+    pub fn procs(&self) -> RawFd {
+        self.procs.as_raw_fd()
+    }
+}
+
+impl Drop for JobCgroup {
+    fn drop(&mut self) {
+        let _ = self.cleanup.send(std::mem::take(&mut self.path));
+    }
+}
+
+impl Cgroups {
+    /// Find a pids hierarchy this executor may make cgroups in; `Err` says why not.
+    pub fn probe() -> Result<Cgroups, String> {
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|error| format!("cannot read /proc/self/cgroup: {error}"))?;
+        let v2 = Self::probe_v2(&own);
+        let (version, parent) = match v2 {
+            Ok(parent) => (Version::V2, parent),
+            Err(v2_reason) => match Self::probe_v1(&own) {
+                Ok(parent) => (Version::V1, parent),
+                Err(v1_reason) => return Err(format!("{v2_reason}; {v1_reason}")),
+            },
+        };
+        let (cleanup, requests) = mpsc::channel::<PathBuf>();
+        std::thread::Builder::new()
+            .name("nox-cgroup-cleanup".into())
+            .spawn(move || {
+                for path in requests {
+                    remove(&path);
+                }
+            })
+            .map_err(|error| format!("cannot start the cgroup cleanup thread: {error}"))?;
+        Ok(Cgroups {
+            version,
+            parent,
+            cleanup,
+        })
+    }
+
+    /// v2: our cgroup, delegated and offering `pids`. Moves the executor to `supervisor`.
+    fn probe_v2(own: &str) -> Result<PathBuf, String> {
+        let relative = own
+            .lines()
+            .find_map(|line| line.strip_prefix("0::"))
+            .ok_or("cgroup v2: not in a v2 hierarchy")?;
+        let dir = Path::new(ROOT).join(relative.trim_start_matches('/'));
+        let offered = std::fs::read_to_string(dir.join("cgroup.controllers"))
+            .map_err(|_| "cgroup v2: no unified hierarchy at /sys/fs/cgroup".to_owned())?;
+        if !offered.split_whitespace().any(|name| name == "pids") {
+            return Err(format!(
+                "cgroup v2: the pids controller is not offered to {} (Delegate=yes?)",
+                dir.display()
+            ));
+        }
+        let failed = |what: &str, error: io::Error| {
+            format!(
+                "cgroup v2: cannot {what} in {} ({error}; Delegate=yes and ProtectControlGroups=no?)",
+                dir.display()
+            )
+        };
+        let supervisor = dir.join("supervisor");
+        make_dir(&supervisor).map_err(|error| failed("create supervisor/", error))?;
+        std::fs::write(supervisor.join("cgroup.procs"), b"0")
+            .map_err(|error| failed("move the executor to supervisor/", error))?;
+        std::fs::write(dir.join("cgroup.subtree_control"), b"+pids")
+            .map_err(|error| failed("enable pids", error))?;
+        let parent = dir.join(format!("jobs-{}", std::process::id()));
+        make_dir(&parent).map_err(|error| failed("create jobs/", error))?;
+        std::fs::write(parent.join("cgroup.subtree_control"), b"+pids")
+            .map_err(|error| failed("enable pids for jobs", error))?;
+        sweep(&dir, "jobs-");
+        Ok(parent)
+    }
+
+    /// v1: the pids hierarchy, our cgroup in it, writable.
+    fn probe_v1(own: &str) -> Result<PathBuf, String> {
+        let relative = own
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.splitn(3, ':');
+                let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+                controllers
+                    .split(',')
+                    .any(|name| name == "pids")
+                    .then_some(path)
+            })
+            .ok_or("cgroup v1: no pids hierarchy")?;
+        let dir = Path::new(ROOT)
+            .join("pids")
+            .join(relative.trim_start_matches('/'));
+        if !dir.join("cgroup.procs").exists() {
+            return Err(format!("cgroup v1: {} is not mounted", dir.display()));
+        }
+        let parent = dir.join(format!("nox-jobs-{}", std::process::id()));
+        make_dir(&parent).map_err(|error| {
+            format!(
+                "cgroup v1: cannot create {} ({error}; ProtectControlGroups=no?)",
+                parent.display()
+            )
+        })?;
+        sweep(&dir, "nox-jobs-");
+        Ok(parent)
+    }
+
+    /// A new cgroup for one job, holding at most `max_processes` tasks.
+    pub fn create(&self, max_processes: u64) -> io::Result<JobCgroup> {
+        // One counter for the process: every Sandbox of a process shares the parent.
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = self.parent.join(format!("job-{n}"));
+        std::fs::create_dir(&path)?;
+        let made = JobCgroupGuard(&path);
+        std::fs::write(path.join("pids.max"), max_processes.to_string())?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path.join("cgroup.procs"))?;
+        let procs = super::spawn::raise_fd(OwnedFd::from(procs))?;
+        std::mem::forget(made);
+        Ok(JobCgroup {
+            path,
+            procs,
+            cleanup: self.cleanup.clone(),
+        })
+    }
+
+    /// For the layer report.
+    pub fn describe(&self) -> String {
+        let version = match self.version {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        };
+        format!(
+            "a pids cgroup ({version}) per job under {}",
+            self.parent.display()
+        )
+    }
+}
+
+/// Removes a half-made job cgroup.
+struct JobCgroupGuard<'a>(&'a Path);
+
+impl Drop for JobCgroupGuard<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.0);
+    }
+}
+
+fn make_dir(path: &Path) -> io::Result<()> {
+    match std::fs::create_dir(path) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+/// Remove what executors that are gone left in `dir` (`<prefix><pid>` of a dead pid).
+fn sweep(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(prefix))
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = pid == i32::try_from(std::process::id()).unwrap_or(0)
+            || unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if alive {
+            continue;
+        }
+        let parent = entry.path();
+        if let Ok(jobs) = std::fs::read_dir(&parent) {
+            for job in jobs.filter_map(Result::ok) {
+                if job.path().join("cgroup.procs").exists() {
+                    remove(&job.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&parent);
+    }
+}
+
+/// Kill whatever is left in the job cgroup at `path`, then remove it. Gives up (and says
+/// so) after a few seconds: a task stuck in the kernel cannot be removed by anyone.
+fn remove(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return,
+            Err(_) if Instant::now() < deadline => {}
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "could not remove a job's cgroup");
+                return;
+            }
+        }
+        kill_members(path);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGKILL every process in the cgroup at `path`. Each pid is pinned with a pidfd first and
+/// checked to still be in this cgroup, so a pid reused meanwhile is never signalled.
+fn kill_members(path: &Path) {
+    let Ok(members) = std::fs::read_to_string(path.join("cgroup.procs")) else {
+        return;
+    };
+    // `/<parent>/<job>`: how /proc/<pid>/cgroup ends for a member.
+    let mut components = path.components().rev();
+    let (Some(job), Some(parent)) = (components.next(), components.next()) else {
+        return;
+    };
+    let suffix = format!(
+        "/{}/{}",
+        parent.as_os_str().to_string_lossy(),
+        job.as_os_str().to_string_lossy()
+    );
+    for pid in members.lines().filter_map(|line| line.parse::<i32>().ok()) {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let Ok(raw) = RawFd::try_from(raw) else {
+            continue;
+        };
+        if raw < 0 {
+            continue;
+        }
+        // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let still_ours = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|cgroups| cgroups.lines().any(|line| line.ends_with(&suffix)));
+        if still_ours {
+            // SAFETY: pidfd_send_signal on a descriptor we own, no siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+        }
+    }
+}
