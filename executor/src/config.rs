@@ -42,6 +42,9 @@ pub struct ExecutorConfig {
     pub job_path: String,
     /// Extra directories jobs may read (Landlock); the system directories are always readable.
     pub extra_read_paths: Vec<PathBuf>,
+    /// Disk each workspace may use, MiB (0: no quota). Enforced by nox itself: see
+    /// `Workspaces::with_quota`.
+    pub workspace_quota_mb: u64,
     /// Jobs running at once; 0 means twice the number of CPUs.
     pub max_concurrent_jobs: u32,
     /// Jobs waiting for a slot; more are refused with `Busy`.
@@ -120,6 +123,7 @@ impl Default for ExecutorConfig {
             sandbox_user: "nox-sandbox".into(),
             tenant_uid_first: 2_000_000_000,
             tenant_uid_count: 65_536,
+            workspace_quota_mb: 1024,
             python: "/usr/bin/python3".into(),
             python_mode: PythonMode::Zygote,
             shell: "/bin/sh".into(),
@@ -224,6 +228,11 @@ impl ExecutorConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The disk quota per workspace, bytes.
+    pub fn workspace_quota(&self) -> Option<u64> {
+        (self.workspace_quota_mb > 0).then(|| self.workspace_quota_mb.saturating_mul(1 << 20))
     }
 
     /// The uids workspaces are given.

@@ -260,9 +260,15 @@ impl JobRunner {
             .await;
         // Nobody waits for the cleanup: the reply has been sent.
         let job_id = spec.job_id.clone();
+        let workspaces = Arc::clone(&self.workspaces);
+        let workspace = spec.workspace.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(error) = std::fs::remove_dir_all(&scratch) {
                 tracing::warn!(%job_id, %error, path = %scratch.display(), "could not remove the job's scratch directory");
+            }
+            // What the job left is what the next job and upload are measured against.
+            if workspaces.quota().is_some() {
+                let _ = workspaces.measure(&workspace);
             }
         });
         result
@@ -405,6 +411,8 @@ impl JobRunner {
         tokio::pin!(drain);
         let timeout = tokio::time::sleep_until(deadline);
         tokio::pin!(timeout);
+        let over_quota = over_quota(Arc::clone(&self.workspaces), spec.workspace.clone());
+        tokio::pin!(over_quota);
 
         while report.is_none() || stdout_open || stderr_open {
             let mut chunk: Option<(Stream, usize)> = None;
@@ -423,6 +431,10 @@ impl JobRunner {
                 }
                 () = &mut timeout, if report.is_none() && !watch.timed_out => {
                     watch.timed_out = true;
+                    self.sandbox.kill(pid, zygote.as_ref());
+                }
+                () = &mut over_quota, if report.is_none() && !watch.disk_hit => {
+                    watch.disk_hit = true;
                     self.sandbox.kill(pid, zygote.as_ref());
                 }
                 () = cancel.cancelled(), if !watch.cancelled => {
@@ -482,6 +494,29 @@ impl JobRunner {
     }
 }
 
+/// How often a running job's workspace is measured against its quota.
+const QUOTA_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Completes when `workspace` has grown past its quota; never without one. Measures it every
+/// [`QUOTA_CHECK_EVERY`] while the job runs (a walk of the workspace on a blocking thread),
+/// so a job writing fast may overshoot by what it writes in that time, and the executor's
+/// file-size limit still caps each file.
+async fn over_quota(workspaces: Arc<Workspaces>, workspace: String) {
+    let Some(quota) = workspaces.quota() else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(QUOTA_CHECK_EVERY).await;
+        let (workspaces, workspace) = (Arc::clone(&workspaces), workspace.clone());
+        let measured = tokio::task::spawn_blocking(move || workspaces.measure(&workspace)).await;
+        if let Ok(Ok(used)) = measured
+            && used > quota
+        {
+            return;
+        }
+    }
+}
+
 /// Everything a job needs before its process exists, moved to a blocking thread.
 struct Prepared {
     workspaces: Arc<Workspaces>,
@@ -501,6 +536,7 @@ impl Prepared {
     fn spawn(self) -> Result<SpawnedJob, JobError> {
         // The job runs as its workspace's own uid (see `owners`).
         let (workdir, owner) = self.workspaces.ensure(&self.workspace)?;
+        self.workspaces.check_quota(&self.workspace)?;
         if let (Some(path), Some(code)) = (&self.python_file, &self.command.code) {
             self.workspaces.write_file(&self.workspace, path, code)?;
         }
@@ -541,6 +577,8 @@ struct Watch {
     stderr_truncated: bool,
     timed_out: bool,
     output_hit: bool,
+    /// The workspace grew past its quota while the job ran.
+    disk_hit: bool,
     cancelled: bool,
 }
 
@@ -554,6 +592,7 @@ impl Watch {
             stderr_truncated: false,
             timed_out: false,
             output_hit: false,
+            disk_hit: false,
             cancelled: false,
         }
     }
@@ -596,6 +635,8 @@ impl Watch {
             Some(LimitHit::Timeout)
         } else if self.output_hit {
             Some(LimitHit::Output)
+        } else if self.disk_hit {
+            Some(LimitHit::Disk)
         } else {
             match status {
                 ExitStatus::Signaled(libc::SIGXCPU) => Some(LimitHit::Cpu),

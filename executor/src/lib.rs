@@ -35,10 +35,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ExecutorError> {
     let identity = sandbox::JobIdentity::resolve(&config)?;
-    let workspaces = Arc::new(workspace::Workspaces::new(
-        config.workspace_root.clone(),
-        identity.switches().then(|| config.tenant_uids()),
-    )?);
+    let workspaces = Arc::new(
+        workspace::Workspaces::new(
+            config.workspace_root.clone(),
+            identity.switches().then(|| config.tenant_uids()),
+        )?
+        .with_quota(config.workspace_quota()),
+    );
     // Building the runner probes the sandbox with a real job: blocking work.
     let runner = {
         let (config, workspaces) = (config.clone(), Arc::clone(&workspaces));

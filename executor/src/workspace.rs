@@ -20,6 +20,7 @@
 //! It trusts the workspace root (created and owned by root) and nothing below it. Every
 //! call is a blocking syscall: async callers use `spawn_blocking`.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
@@ -28,6 +29,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
@@ -73,6 +75,12 @@ pub enum WorkspaceError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "the workspace is over its disk quota: {} MiB used of {} MiB; delete files first",
+        used.div_ceil(1 << 20),
+        quota >> 20
+    )]
+    OverQuota { used: u64, quota: u64 },
     #[error("every uid of executor.tenant_uid_first/_count is taken: no uid for a new workspace")]
     NoFreeUid,
     #[error("could not give `{path}` to the workspace's uid")]
@@ -138,6 +146,7 @@ impl WorkspaceError {
             WorkspaceError::HardLinked { .. } => ErrorKind::InvalidPath,
             WorkspaceError::Chown { .. } => ErrorKind::Internal,
             WorkspaceError::NoFreeUid => ErrorKind::SandboxUnavailable,
+            WorkspaceError::OverQuota { .. } => ErrorKind::QuotaExceeded,
             WorkspaceError::CreateWorkspace { source, .. }
             | WorkspaceError::OpenWorkspace { source, .. }
             | WorkspaceError::OpenDir { source, .. }
@@ -180,7 +189,18 @@ pub struct Workspaces {
     root_fd: OwnedFd,
     /// The uid of each workspace, when the executor is root; `None` keeps our own.
     owners: Option<Owners>,
+    /// Disk quota per workspace, bytes.
+    quota: Option<u64>,
+    /// Disk used by each workspace, as last measured (after each job) and kept up to date
+    /// by uploads and deletes in between.
+    usage: Ledger,
 }
+
+/// Bytes used per workspace.
+type Ledger = Arc<Mutex<HashMap<String, u64>>>;
+
+/// Most entries a usage walk visits; a workspace with more is over any quota.
+const MAX_USAGE_ENTRIES: usize = 1_000_000;
 
 /// `(uid, gid)` owning a workspace's files and running its jobs; `None` when that is the
 /// executor's own user.
@@ -216,6 +236,8 @@ impl Workspaces {
             root: root.clone(),
             root_fd,
             owners: uids.map(Owners::new),
+            quota: None,
+            usage: Ledger::default(),
         };
         workspaces
             .adopt_existing()
@@ -224,6 +246,60 @@ impl Workspaces {
                 source,
             })?;
         Ok(workspaces)
+    }
+
+    /// Give every workspace a disk quota of `bytes`: a workspace over it refuses new jobs
+    /// and uploads (`QuotaExceeded`), an upload stops where it would cross it, and the job
+    /// runner stops a job that grows its workspace past it.
+    #[must_use]
+    pub fn with_quota(mut self, bytes: Option<u64>) -> Workspaces {
+        self.quota = bytes;
+        self
+    }
+
+    /// The disk quota per workspace, bytes.
+    pub fn quota(&self) -> Option<u64> {
+        self.quota
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Measure the disk `workspace` uses now (allocated blocks of everything in it; past
+    /// [`MAX_USAGE_ENTRIES`] entries, `u64::MAX`) and remember it.
+    pub fn measure(&self, workspace: &str) -> Result<u64, WorkspaceError> {
+        let base = self.open_workspace(workspace)?;
+        let first =
+            open_beneath(&base, ".", OFlag::O_DIRECTORY).map_err(|errno| WorkspaceError::List {
+                path: ".".to_owned(),
+                source: errno.into(),
+            })?;
+        let mut used: u64 = 0;
+        let capped = walk(&base, "", first, MAX_USAGE_ENTRIES, |_, stat| {
+            used = used.saturating_add(allocated(stat));
+        });
+        let used = if capped { u64::MAX } else { used };
+        self.ledger().insert(workspace.to_owned(), used);
+        Ok(used)
+    }
+
+    /// Room left under the quota (`u64::MAX` without one); `QuotaExceeded` when none.
+    pub fn check_quota(&self, workspace: &str) -> Result<u64, WorkspaceError> {
+        let Some(quota) = self.quota else {
+            return Ok(u64::MAX);
+        };
+        let known = self.ledger().get(workspace).copied();
+        let used = match known {
+            Some(used) => used,
+            None => self.measure(workspace)?,
+        };
+        if used >= quota {
+            return Err(WorkspaceError::OverQuota { used, quota });
+        }
+        Ok(quota - used)
     }
 
     /// Learn the uid of every workspace on disk; give one of its own to each that has none.
@@ -296,6 +372,7 @@ impl Workspaces {
 
     /// Start writing `path`: parents are created, the data goes to a temp file beside it.
     pub fn begin_upload(&self, workspace: &str, path: &RelPath) -> Result<Upload, WorkspaceError> {
+        let room = self.check_quota(workspace)?;
         let (base, owner) = self.open_workspace_owned(workspace)?;
         let (parent, name) = path.split_last();
         let dir = match parent {
@@ -310,6 +387,12 @@ impl Workspaces {
             path: path.as_str().to_owned(),
             file: Some(File::from(fd)),
             written: 0,
+            budget: self.quota.map(|quota| Budget {
+                room,
+                quota,
+                ledger: Arc::clone(&self.usage),
+                workspace: workspace.to_owned(),
+            }),
         })
     }
 
@@ -362,52 +445,18 @@ impl Workspaces {
             source: errno.into(),
         })?;
         let mut entries = Vec::new();
-        let mut truncated = false;
-        // Breadth first, each directory reopened beneath the workspace by its full relative
-        // path: a deep tree costs no more than two descriptors at a time.
-        let mut pending = std::collections::VecDeque::from([(start.to_owned(), Some(first))]);
-        'walk: while let Some((dir_path, fd)) = pending.pop_front() {
-            let fd = match fd {
-                Some(fd) => fd,
-                None => match open_beneath(&base, dir_path.as_str(), OFlag::O_DIRECTORY) {
-                    Ok(fd) => fd,
-                    Err(_) => continue,
+        let truncated = walk(&base, start, first, MAX_LISTING_ENTRIES, |path, stat| {
+            let kind = kind_of_mode(stat);
+            entries.push(FileEntry {
+                path: path.to_owned(),
+                kind,
+                size: match kind {
+                    EntryKind::Dir => 0,
+                    _ => u64::try_from(stat.st_size).unwrap_or(0),
                 },
-            };
-            let Ok(mut dir) = Dir::from_fd(fd) else {
-                continue;
-            };
-            let names = read_names(&mut dir, MAX_LISTING_ENTRIES - entries.len() + 1);
-            for name in names {
-                if entries.len() == MAX_LISTING_ENTRIES {
-                    truncated = true;
-                    break 'walk;
-                }
-                let Ok(stat) = fstatat(dir.as_fd(), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-                else {
-                    continue;
-                };
-                let name = name.to_string_lossy();
-                let path = if dir_path.is_empty() {
-                    name.into_owned()
-                } else {
-                    format!("{dir_path}/{name}")
-                };
-                let kind = kind_of_mode(&stat);
-                if kind == EntryKind::Dir {
-                    pending.push_back((path.clone(), None));
-                }
-                entries.push(FileEntry {
-                    path,
-                    kind,
-                    size: match kind {
-                        EntryKind::Dir => 0,
-                        _ => u64::try_from(stat.st_size).unwrap_or(0),
-                    },
-                    modified_ms: modified_ms(&stat),
-                });
-            }
-        }
+                modified_ms: modified_ms(stat),
+            });
+        });
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Listing { entries, truncated })
     }
@@ -428,11 +477,22 @@ impl Workspaces {
             }
             None => base.as_fd(),
         };
+        let freed = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_or(0, |stat| {
+            if stat.st_nlink <= 1 {
+                allocated(&stat)
+            } else {
+                0
+            }
+        });
         // unlinkat never follows the final component; a directory answers EISDIR.
         match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
             Err(Errno::EISDIR) => unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(failed),
             other => other.map_err(failed),
+        }?;
+        if let Some(used) = self.ledger().get_mut(workspace) {
+            *used = used.saturating_sub(freed);
         }
+        Ok(())
     }
 
     /// Open one workspace directory, creating it when missing.
@@ -607,6 +667,17 @@ pub struct Upload {
     /// `None` once committed.
     file: Option<File>,
     written: u64,
+    /// Under a quota: what may still be written, and the ledger to update at commit.
+    budget: Option<Budget>,
+}
+
+/// An upload's share of its workspace's quota.
+#[derive(Debug)]
+struct Budget {
+    room: u64,
+    quota: u64,
+    ledger: Ledger,
+    workspace: String,
 }
 
 impl Upload {
@@ -615,6 +686,14 @@ impl Upload {
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
+        if let Some(budget) = &self.budget
+            && self.written.saturating_add(data.len() as u64) > budget.room
+        {
+            return Err(WorkspaceError::OverQuota {
+                used: budget.quota - budget.room + self.written + data.len() as u64,
+                quota: budget.quota,
+            });
+        }
         file.write_all(data)
             .map_err(|source| WorkspaceError::Write {
                 path: self.path.clone(),
@@ -632,7 +711,23 @@ impl Upload {
     /// Move the file into place (replacing a file or symlink of that name); returns its size.
     pub fn commit(mut self) -> Result<u64, WorkspaceError> {
         // Closed first, so a write-back error (a full disk) is not lost silently.
-        drop(self.file.take());
+        let added = self
+            .file
+            .take()
+            .and_then(|file| fstat(&file).ok())
+            .map_or(self.written, |stat| allocated(&stat));
+        let replaced = fstatat(
+            &self.dir,
+            self.final_name.as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_or(0, |stat| {
+            if stat.st_nlink <= 1 {
+                allocated(&stat)
+            } else {
+                0
+            }
+        });
         renameat(
             &self.dir,
             self.temp_name.as_str(),
@@ -647,6 +742,15 @@ impl Upload {
             }
         })?;
         self.temp_name.clear();
+        if let Some(budget) = &self.budget {
+            let mut ledger = budget
+                .ledger
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(used) = ledger.get_mut(&budget.workspace) {
+                *used = used.saturating_add(added).saturating_sub(replaced);
+            }
+        }
         Ok(self.written)
     }
 }
@@ -686,6 +790,55 @@ fn open_beneath(dir: impl AsFd, path: &str, flags: OFlag) -> Result<OwnedFd, Err
 }
 
 /// Up to `limit` names of `dir`, without `.`, `..` and upload temp files.
+/// Visit everything beneath `start` (opened as `first`) in `base`, breadth first, at most
+/// `limit` entries; true when it stopped at the limit. Symlinks are visited, never followed.
+/// Each directory is reopened beneath `base` by its full relative path, so a deep tree costs
+/// no more than two descriptors at a time; directories that vanish or are swapped for
+/// something else on the way are skipped.
+fn walk(
+    base: &OwnedFd,
+    start: &str,
+    first: OwnedFd,
+    limit: usize,
+    mut visit: impl FnMut(&str, &FileStat),
+) -> bool {
+    let mut seen = 0;
+    let mut pending = std::collections::VecDeque::from([(start.to_owned(), Some(first))]);
+    while let Some((dir_path, fd)) = pending.pop_front() {
+        let fd = match fd {
+            Some(fd) => fd,
+            None => match open_beneath(base, dir_path.as_str(), OFlag::O_DIRECTORY) {
+                Ok(fd) => fd,
+                Err(_) => continue,
+            },
+        };
+        let Ok(mut dir) = Dir::from_fd(fd) else {
+            continue;
+        };
+        for name in read_names(&mut dir, limit - seen + 1) {
+            if seen == limit {
+                return true;
+            }
+            let Ok(stat) = fstatat(dir.as_fd(), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            else {
+                continue;
+            };
+            let name = name.to_string_lossy();
+            let path = if dir_path.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{dir_path}/{name}")
+            };
+            if kind_of_mode(&stat) == EntryKind::Dir {
+                pending.push_back((path.clone(), None));
+            }
+            visit(&path, &stat);
+            seen += 1;
+        }
+    }
+    false
+}
+
 fn read_names(dir: &mut Dir, limit: usize) -> Vec<CString> {
     let mut names = Vec::new();
     for entry in dir.iter() {
@@ -703,6 +856,13 @@ fn read_names(dir: &mut Dir, limit: usize) -> Vec<CString> {
         }
     }
     names
+}
+
+/// Bytes of disk a file takes (allocated blocks, so a sparse file counts what it uses).
+fn allocated(stat: &FileStat) -> u64 {
+    u64::try_from(stat.st_blocks)
+        .unwrap_or(0)
+        .saturating_mul(512)
 }
 
 fn kind_of_mode(stat: &FileStat) -> EntryKind {
@@ -1033,6 +1193,37 @@ mod tests {
         assert_eq!(root_mode, 0o711);
         let ws_mode = std::fs::metadata(tmp.path().join("ws/w")).unwrap().mode() & 0o7777;
         assert_eq!(ws_mode, 0o700);
+    }
+
+    #[test]
+    fn uploads_stop_at_the_quota_and_deletes_and_replacements_are_accounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspaces::new(dir.path().join("ws"), None)
+            .unwrap()
+            .with_quota(Some(1 << 20));
+        let mut upload = ws.begin_upload("w", &rel("big")).unwrap();
+        let error = upload.write(&vec![0u8; (1 << 20) + 1]).unwrap_err();
+        assert!(matches!(error, WorkspaceError::OverQuota { .. }), "{error}");
+        assert_eq!(error.kind(), ErrorKind::QuotaExceeded);
+        drop(upload);
+        assert_eq!(temp_files(&dir.path().join("ws/w")), Vec::<String>::new());
+        // A replaced file is not counted twice.
+        for _ in 0..8 {
+            ws.write_file("w", &rel("a"), &[1u8; 300 << 10]).unwrap();
+        }
+        let used = ws.measure("w").unwrap();
+        assert!((300 << 10..400 << 10).contains(&used), "{used}");
+        ws.write_file("w", &rel("b"), &[1u8; 600 << 10]).unwrap();
+        let refused = ws
+            .write_file("w", &rel("c"), &[1u8; 200 << 10])
+            .unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::QuotaExceeded);
+        // Over the quota by what a job wrote: refused until something is deleted.
+        std::fs::write(dir.path().join("ws/w/job-wrote"), vec![1u8; 200 << 10]).unwrap();
+        ws.measure("w").unwrap();
+        assert!(ws.check_quota("w").is_err());
+        ws.delete("w", &rel("b")).unwrap();
+        assert!(ws.check_quota("w").is_ok());
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub fn wire_status(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::SandboxUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "sandbox_unavailable"),
         ErrorKind::ProtocolMismatch => (StatusCode::BAD_GATEWAY, "bad_gateway"),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ErrorKind::QuotaExceeded => (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"),
     }
 }
 
@@ -242,6 +243,7 @@ mod tests {
             (ErrorKind::SandboxUnavailable, 503, "sandbox_unavailable"),
             (ErrorKind::ProtocolMismatch, 502, "bad_gateway"),
             (ErrorKind::Internal, 500, "internal"),
+            (ErrorKind::QuotaExceeded, 507, "quota_exceeded"),
         ];
         for (kind, status, code) in table {
             assert_eq!(

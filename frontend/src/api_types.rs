@@ -127,6 +127,8 @@ pub enum LimitName {
     Output,
     Cpu,
     FileSize,
+    /// The workspace's disk quota.
+    Disk,
 }
 
 impl From<LimitHit> for LimitName {
@@ -136,6 +138,7 @@ impl From<LimitHit> for LimitName {
             LimitHit::Output => LimitName::Output,
             LimitHit::Cpu => LimitName::Cpu,
             LimitHit::FileSize => LimitName::FileSize,
+            LimitHit::Disk => LimitName::Disk,
         }
     }
 }

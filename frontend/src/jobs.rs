@@ -399,6 +399,7 @@ fn limit_name(limit: LimitHit) -> &'static str {
         LimitHit::Output => "output",
         LimitHit::Cpu => "cpu",
         LimitHit::FileSize => "file_size",
+        LimitHit::Disk => "disk",
     }
 }
 

@@ -207,8 +207,8 @@ struct ApiDoc;
 /// large); authenticated ones 401; those with input 400; those that ask the executor 500,
 /// 502 and 503 and every status an executor error maps to (`api_error::wire_status`).
 pub fn errors_of(path: &str, method: &str) -> &'static [u16] {
-    const EXECUTOR: &[u16] = &[400, 401, 404, 409, 413, 431, 500, 502, 503];
-    const EXECUTOR_WITH_BODY: &[u16] = &[400, 401, 404, 409, 413, 415, 431, 500, 502, 503];
+    const EXECUTOR: &[u16] = &[400, 401, 404, 409, 413, 431, 500, 502, 503, 507];
+    const EXECUTOR_WITH_BODY: &[u16] = &[400, 401, 404, 409, 413, 415, 431, 500, 502, 503, 507];
     match (path, method) {
         ("/health", _) | ("/openapi.json", _) => &[431],
         ("/metrics", _) | ("/system", _) | ("/services", _) | ("/actions/restart", _) => {
@@ -260,6 +260,11 @@ fn error_response(status: u16) -> Option<(&'static str, &'static str)> {
             "Unavailable",
             "`busy` (the job queue is full; see `Retry-After`), `executor_unavailable` or \
              `sandbox_unavailable`.",
+        ),
+        507 => (
+            "InsufficientStorage",
+            "`quota_exceeded`: the workspace is over its disk quota (`executor.workspace_quota_mb`); \
+             delete files first.",
         ),
         _ => return None,
     })

@@ -369,6 +369,7 @@ mod tests {
             ErrorKind::SandboxUnavailable,
             ErrorKind::ProtocolMismatch,
             ErrorKind::Internal,
+            ErrorKind::QuotaExceeded,
         ])
     }
 
@@ -385,6 +386,7 @@ mod tests {
                 LimitHit::Output,
                 LimitHit::Cpu,
                 LimitHit::FileSize,
+                LimitHit::Disk,
             ])),
             any::<u64>(),
             (any::<u64>(), any::<u64>(), any::<u64>()),

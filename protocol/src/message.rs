@@ -145,6 +145,8 @@ pub enum LimitHit {
     Cpu,
     /// A file grew past the file-size limit (SIGXFSZ).
     FileSize,
+    /// The workspace grew past its disk quota; the job was killed.
+    Disk,
 }
 
 /// Resource usage of the job's main process and the children it waited for.
@@ -398,4 +400,6 @@ pub enum ErrorKind {
     ProtocolMismatch,
     /// Anything else: a bug or an operating-system failure (500).
     Internal,
+    /// The workspace is over its disk quota: delete files first (507).
+    QuotaExceeded,
 }

@@ -64,6 +64,9 @@ impl CliError {
                 "use http:// on the host itself, or an SSH tunnel: ssh -L 8080:127.0.0.1:8080 HOST",
             ),
             CliError::Api { status: 401, .. } => Some("check the token: --token, NOX_API_TOKEN"),
+            CliError::Api { status: 507, .. } => {
+                Some("the workspace is over its disk quota: delete files (noxctl ls, noxctl rm)")
+            }
             CliError::Api { status: 413, .. } => Some(
                 "the file or the code is larger than the server accepts \
                  (frontend.max_upload_bytes, max_json_body_bytes)",

@@ -648,3 +648,92 @@ print("end")
     assert_eq!(fs::read("/etc/hostname").unwrap_or_default(), content);
     assert_serving(nox);
 }
+
+/// An instance whose workspaces have an 8 MiB disk quota, with two tenants.
+fn quota_instance() -> &'static Nox {
+    static QUOTA: std::sync::OnceLock<Nox> = std::sync::OnceLock::new();
+    QUOTA.get_or_init(|| {
+        Nox::builder()
+            .tokens(&[
+                ("filler", &format!("filler-{}", unique("t"))),
+                ("bystander", &format!("bystander-{}", unique("t"))),
+            ])
+            .executor_env("NOX_EXECUTOR__WORKSPACE_QUOTA_MB", "8")
+            .start()
+    })
+}
+
+#[test]
+fn a_disk_fill_with_many_small_files_is_stopped_at_the_workspace_quota() {
+    let _jobs = common::jobs();
+    let nox = quota_instance();
+    let filler = nox.client_for("filler");
+    // Files each far under the file-size limit: only a workspace quota stops this.
+    let code = "import os, time\nfor i in range(10000):\n    with open(f'fill-{i}', 'wb') as f:\n        f.write(os.urandom(256 << 10))\n    time.sleep(0.005)\nprint('FILLED 2.5 GiB')\n";
+    let reply = filler.run("/run_py", &json!({ "code": code, "timeout_s": 20 }));
+    assert_eq!(reply["limit_hit"], "disk", "{reply}");
+    assert!(!stdout(&reply).contains("FILLED"), "{reply}");
+    let used: u64 = fs::read_dir(nox.workspace("filler"))
+        .expect("the workspace")
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|meta| meta.len())
+        .sum();
+    assert!(
+        used < 64 << 20,
+        "the job wrote {used} bytes past an 8 MiB quota"
+    );
+
+    // Over its quota, the workspace refuses jobs and uploads in the uniform shape...
+    for reply in [
+        filler.post_json("/run_sh", &json!({ "cmd": "echo more > more.txt" })),
+        filler.put("more.bin", &[b'x'; 4096]),
+    ] {
+        let body = reply.expect_json(507);
+        assert_eq!(body["error"], "quota_exceeded", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("quota")),
+            "{body}"
+        );
+    }
+    // ...while another tenant is not affected...
+    let other = nox.client_for("bystander");
+    assert_eq!(stdout(&other.run_sh("echo fine")), "fine\n");
+    other.put("small.txt", b"small").expect_json(200);
+    // ...and deleting files (over HTTP) makes room again.
+    for entry in fs::read_dir(nox.workspace("filler")).expect("the workspace") {
+        let name = entry.expect("an entry").file_name();
+        let name = name.to_string_lossy();
+        let reply = filler.request("DELETE", &format!("/files/{name}"), &[], None);
+        assert!(
+            reply.status == 200 || reply.status == 204,
+            "DELETE {name}: {}",
+            reply.status
+        );
+    }
+    assert_eq!(stdout(&filler.run_sh("echo room again")), "room again\n");
+    assert_serving(nox);
+}
+
+#[test]
+fn an_upload_that_would_cross_the_workspace_quota_is_refused_and_leaves_nothing() {
+    let _jobs = common::jobs();
+    let nox = quota_instance();
+    let client = nox.client_for("bystander");
+    let reply = client.put("too-big.bin", &vec![b'x'; 9 << 20]);
+    let body = reply.expect_json(507);
+    assert_eq!(body["error"], "quota_exceeded", "{body}");
+    assert!(
+        !nox.workspace("bystander").join("too-big.bin").exists(),
+        "the refused upload was kept"
+    );
+    // Uploads that fit still work, and replacing a file does not count it twice.
+    for _ in 0..4 {
+        client
+            .put("fits.bin", &vec![b'y'; 3 << 20])
+            .expect_json(200);
+    }
+    assert_serving(nox);
+}
