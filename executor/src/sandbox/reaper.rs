@@ -6,8 +6,14 @@
 //! while the reaper kills the job's whole process group; only then is it reaped. A timeout
 //! kill takes the same lock and only signals a group whose leader has not been reaped yet.
 //! Together these make "kill everything the job forked" free of pid-reuse races.
+//!
+//! Spawns run in parallel, without the table's lock: each takes a ticket before its fork
+//! and registers the new pid with it. An exited pid the reaper does not know is either an
+//! orphan or the leader of a spawn whose fork has not returned yet; the reaper waits for
+//! every spawn that was in flight when it saw the pid (later ones cannot have made it),
+//! then decides.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,12 +33,17 @@ pub struct ExitReport {
 struct Table {
     /// Job leaders not yet reaped, with whoever waits for them.
     leaders: HashMap<i32, Option<oneshot::Sender<ExitReport>>>,
+    /// Tickets of spawns between their ticket and their registration.
+    in_flight: BTreeSet<u64>,
+    next_ticket: u64,
 }
 
 #[derive(Debug)]
 struct Shared {
     table: Mutex<Table>,
     children_exist: Condvar,
+    /// Signalled when a spawn registers its pid or gives up.
+    spawn_done: Condvar,
 }
 
 /// Handle to the reaper thread.
@@ -66,6 +77,7 @@ impl Reaper {
         let shared = Arc::new(Shared {
             table: Mutex::new(Table::default()),
             children_exist: Condvar::new(),
+            spawn_done: Condvar::new(),
         });
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -74,11 +86,15 @@ impl Reaper {
         Ok(Reaper { shared })
     }
 
-    /// Lock the table for a fork: the caller forks while holding the guard and registers
-    /// the new pid before releasing it, so the reaper never sees an unregistered leader.
-    pub fn lock_for_spawn(&self) -> SpawnGuard<'_> {
-        SpawnGuard {
-            guard: lock(&self.shared.table),
+    /// A ticket for one fork: take it before forking and register the new pid with it
+    /// ([`SpawnTicket::watch`]); until then the reaper holds back an unknown exited pid.
+    pub fn begin_spawn(&self) -> SpawnTicket<'_> {
+        let mut table = lock(&self.shared.table);
+        let ticket = table.next_ticket;
+        table.next_ticket += 1;
+        table.in_flight.insert(ticket);
+        SpawnTicket {
+            ticket,
             shared: &self.shared,
         }
     }
@@ -92,20 +108,31 @@ impl Reaper {
     }
 }
 
-/// Held across a fork; see [`Reaper::lock_for_spawn`].
+/// One fork in flight; see [`Reaper::begin_spawn`]. Dropped without [`SpawnTicket::watch`]
+/// (the fork failed), it is withdrawn.
 #[derive(Debug)]
-pub struct SpawnGuard<'a> {
-    guard: MutexGuard<'a, Table>,
+pub struct SpawnTicket<'a> {
+    ticket: u64,
     shared: &'a Shared,
 }
 
-impl SpawnGuard<'_> {
+impl SpawnTicket<'_> {
     /// Register `leader` and return the receiver of its exit report.
-    pub fn watch(mut self, leader: i32) -> oneshot::Receiver<ExitReport> {
+    pub fn watch(self, leader: i32) -> oneshot::Receiver<ExitReport> {
         let (sender, receiver) = oneshot::channel();
-        self.guard.leaders.insert(leader, Some(sender));
+        lock(&self.shared.table)
+            .leaders
+            .insert(leader, Some(sender));
         self.shared.children_exist.notify_one();
         receiver
+        // Drop withdraws the ticket (after the registration) and wakes the reaper.
+    }
+}
+
+impl Drop for SpawnTicket<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.table).in_flight.remove(&self.ticket);
+        self.shared.spawn_done.notify_all();
     }
 }
 
@@ -140,6 +167,20 @@ fn reap_forever(shared: &Shared) {
 
 fn reap(shared: &Shared, pid: i32) {
     let mut table = lock(&shared.table);
+    // Unknown: an orphan, or a leader whose spawn has not registered it yet. Only spawns
+    // already in flight can have made `pid`; wait for those.
+    let seen_at = table.next_ticket;
+    while !table.leaders.contains_key(&pid)
+        && table
+            .in_flight
+            .first()
+            .is_some_and(|oldest| *oldest < seen_at)
+    {
+        table = shared
+            .spawn_done
+            .wait(table)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
     let leader = table.leaders.contains_key(&pid);
     if leader {
         // The leader is a zombie: its process group id is still ours. Kill whatever it

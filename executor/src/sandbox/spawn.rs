@@ -249,14 +249,14 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
 
     // The child's own stack: it shares our memory (CLONE_VM) until it execs.
     let mut stack = vec![0u8; CHILD_STACK];
-    let guard = reaper.lock_for_spawn();
+    let ticket = reaper.begin_spawn();
     let started = Instant::now();
     let pid = clone_vfork(&raw, &mut stack);
     if pid < 0 {
         return Err(SandboxError::Fork(io::Error::last_os_error()));
     }
     drop(stack);
-    let exit = guard.watch(pid);
+    let exit = ticket.watch(pid);
 
     // The child's ends belong to the child now; closing ours lets EOF and EPIPE work.
     drop((error_write, stdin_read, stdout_write, stderr_write));

@@ -35,6 +35,8 @@ class SockFprog(ctypes.Structure):
 
 FPROG = SockFprog(len(PROGRAM) // 8, PROGRAM)
 CHILDREN = set()
+# Report pipes of children still setting up: read end -> [job id, pid, bytes so far].
+REPORTS = {}
 
 
 def drop_capabilities():
@@ -162,6 +164,8 @@ def exit_status(exit):
 
 
 def start(message, fds):
+    """Fork the job's process; its report ("ok" or the failed step) is read when it arrives
+    (main loop), so the zygote forks the next job while this one sets itself up."""
     report_read, report_write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -171,19 +175,29 @@ def start(message, fds):
     for fd in fds:
         os.close(fd)
     CHILDREN.add(pid)
-    answer = b""
+    REPORTS[report_read] = [message["id"], pid, b""]
+
+
+def read_report(fd, block=False):
+    """Take what the child wrote on its report pipe; at end of file, tell the executor."""
+    entry = REPORTS[fd]
     while True:
-        chunk = os.read(report_read, 512)
-        if not chunk:
-            break
-        answer += chunk
-    os.close(report_read)
+        chunk = os.read(fd, 512)
+        if chunk:
+            entry[2] += chunk
+            if block:
+                continue
+            return
+        break
+    del REPORTS[fd]
+    os.close(fd)
+    job_id, pid, answer = entry
     if answer == b"ok":
-        send({"op": "started", "id": message["id"], "pid": pid})
+        send({"op": "started", "id": job_id, "pid": pid})
     else:
         text = answer[1:].decode("utf-8", "replace") if answer[:1] == b"E" else "\0"
         step, _, errno = text.partition("\0")
-        send({"op": "failed", "id": message["id"], "pid": pid, "step": step or "exec",
+        send({"op": "failed", "id": job_id, "pid": pid, "step": step or "exec",
               "errno": int(errno or 0)})
 
 
@@ -196,6 +210,11 @@ def reap():
         if info is None:
             return
         pid = info.si_pid
+        # Its report first: the executor learns of a job's start before its exit. The
+        # child is gone, so the pipe is at its end and this cannot block.
+        for fd, entry in list(REPORTS.items()):
+            if entry[1] == pid:
+                read_report(fd, block=True)
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
@@ -219,7 +238,10 @@ def main():
     gc.freeze()
     send({"op": "ready", "pid": os.getpid()})
     while True:
-        ready, _, _ = select.select([CONTROL, wake_read], [], [])
+        ready, _, _ = select.select([CONTROL, wake_read, *REPORTS], [], [])
+        for fd in ready:
+            if fd in REPORTS:
+                read_report(fd)
         if wake_read in ready:
             os.read(wake_read, 4096)
             reap()
