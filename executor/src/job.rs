@@ -210,12 +210,18 @@ impl JobRunner {
         let job_id = spec.job_id.clone();
         let workspace = spec.workspace.clone();
         if let Err(error) = self.run_job(spec, &replies, &cancel).await {
-            tracing::warn!(
-                job_id = %job_id,
-                workspace = %workspace,
-                error = %error_chain(&error),
-                "job refused"
-            );
+            if matches!(error, JobError::Busy(_)) {
+                // Under overload this is every excess request: the frontend's metrics count
+                // them (503 busy); a journal line each would add to the load.
+                tracing::debug!(job_id = %job_id, workspace = %workspace, "job refused: queue full");
+            } else {
+                tracing::warn!(
+                    job_id = %job_id,
+                    workspace = %workspace,
+                    error = %error_chain(&error),
+                    "job refused"
+                );
+            }
             if !cancel.is_cancelled() {
                 let _ = replies.send(Reply::Error(error.to_wire())).await;
             }

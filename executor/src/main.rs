@@ -49,7 +49,15 @@ fn harden() -> Result<(), ExecutorError> {
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|source| ExecutorError::Harden {
         step: "RLIMIT_CORE",
         source,
-    })
+    })?;
+    // Each running job holds a few pipes and each frontend connection a socket: the soft
+    // limit up to the hard one (jobs get their own RLIMIT_NOFILE).
+    if let Ok((soft, hard)) = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    Ok(())
 }
 
 fn start(args: Args) -> Result<(), ExecutorError> {

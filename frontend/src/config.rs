@@ -56,7 +56,7 @@ pub struct FrontendConfig {
     /// longer than this; otherwise 408 (a slowly trickled body would hold a connection, and
     /// for uploads an executor connection and a temp file, forever).
     pub body_read_timeout_s: u64,
-    /// Connections served at once; more wait in the listen backlog.
+    /// Connections served at once; at the bound the oldest is asked to close (see `server`).
     pub max_connections: usize,
     /// First words refused by `/run_sh` (a courtesy, see `denylist`); `x*` is a prefix.
     pub forbidden_commands: Vec<String>,

@@ -94,6 +94,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every connection is a descriptor, and so is each pooled executor connection: raise the
+/// soft RLIMIT_NOFILE to the hard one (systemd's default soft limit is 1024, the hard one
+/// 524288), and say so when even that is short of `max_connections`.
+fn raise_open_files(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let wanted = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(64);
+    if hard < wanted {
+        tracing::warn!(
+            open_files = hard,
+            max_connections,
+            "RLIMIT_NOFILE is below max_connections: raise LimitNOFILE= or lower max_connections"
+        );
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, MainError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -115,6 +138,7 @@ fn serve(
     let config: FrontendConfig =
         load("frontend", &file, FrontendConfig::default()).map_err(MainError::Config)?;
     config.validate().map_err(MainError::Config)?;
+    raise_open_files(config.max_connections);
     let adopted = match choose_http_fd(&inherited.map_err(MainError::ListenFds)?)? {
         Some(fd) => Some(adopt_tcp_listener(fd).map_err(MainError::AdoptSocket)?),
         None => None,

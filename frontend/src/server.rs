@@ -1,15 +1,19 @@
-//! The accept loop: HTTP/1.1 with keep-alive, a header read timeout, a cap on connections
-//! (past it, new connections wait in the listen backlog), and graceful shutdown.
+//! The accept loop: HTTP/1.1 with keep-alive, a header read timeout, a cap on connections,
+//! and graceful shutdown. At the cap, the oldest connection is asked to close once its
+//! current request is answered (at once when it sits idle between requests), so a new
+//! client is served instead of waiting in the listen backlog for an idle keep-alive
+//! connection to time out.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -59,18 +63,26 @@ where
         .max_headers(config.max_header_fields.saturating_mul(4).max(100))
         .keep_alive(true);
     let connections = Arc::new(Semaphore::new(config.max_connections));
+    let mut live = Live::default();
     let tracker = TaskTracker::new();
     let draining = CancellationToken::new();
     let restart = state.restart.clone();
 
     let stop = loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break Stop::Shutdown,
-            },
-            () = &mut *shutdown => break Stop::Shutdown,
-            () = restart.cancelled() => break Stop::Restart,
+        let permit = match Arc::clone(&connections).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => break Stop::Shutdown,
+            Err(TryAcquireError::NoPermits) => {
+                live.make_room();
+                tokio::select! {
+                    permit = Arc::clone(&connections).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break Stop::Shutdown,
+                    },
+                    () = &mut *shutdown => break Stop::Shutdown,
+                    () = restart.cancelled() => break Stop::Restart,
+                }
+            }
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -96,12 +108,20 @@ where
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let draining = draining.clone();
+        let close_asked = live.add();
         tracker.spawn(async move {
             tokio::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => Some(ended),
                 () = draining.cancelled() => None,
+                () = close_asked.cancelled() => {
+                    // Room for a new connection: this one ends after its current request.
+                    connection.as_mut().graceful_shutdown();
+                    Some(connection.as_mut().await)
+                }
             };
+            // Marks this connection gone for `Live`.
+            close_asked.cancel();
             let ended = match ended {
                 Some(ended) => ended,
                 None => {
@@ -134,6 +154,44 @@ where
         });
     };
     (stop, Connections { tracker, draining })
+}
+
+/// Open connections, oldest first, each with the token that asks it to close.
+#[derive(Debug, Default)]
+struct Live {
+    tokens: Arc<Mutex<VecDeque<CancellationToken>>>,
+}
+
+impl Live {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<CancellationToken>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A token for a new connection. (A connection cancels its own token when it ends;
+    /// those are dropped here from time to time.)
+    fn add(&mut self) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut queue = self.queue();
+        if queue.len() >= 64 && queue.len().is_power_of_two() {
+            queue.retain(|token| !token.is_cancelled());
+        }
+        queue.push_back(token.clone());
+        token
+    }
+
+    /// Ask the oldest connection still open to close after its current request.
+    fn make_room(&mut self) {
+        let mut queue = self.queue();
+        while let Some(token) = queue.pop_front() {
+            if !token.is_cancelled() {
+                token.cancel();
+                tracing::debug!("at max_connections: asked the oldest connection to close");
+                return;
+            }
+        }
+    }
 }
 
 /// Let the connections finish their requests for up to `grace`, then close the rest.

@@ -880,3 +880,46 @@ fn a_client_that_goes_away_mid_job_leaves_no_process_behind() {
     );
     assert_serving(nox);
 }
+
+#[test]
+fn past_max_connections_the_oldest_idle_connection_gives_way_to_a_new_client() {
+    static SMALL: std::sync::OnceLock<Nox> = std::sync::OnceLock::new();
+    let nox = SMALL.get_or_init(|| {
+        Nox::builder()
+            .frontend_env("NOX_FRONTEND__MAX_CONNECTIONS", "16")
+            .start()
+    });
+    // Sixteen keep-alive connections, each idle after one answered request: the bound.
+    let mut idle = Vec::new();
+    for _ in 0..16 {
+        let mut stream = connect(nox);
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("write");
+        let mut buffer = [0u8; 4096];
+        assert!(stream.read(&mut buffer).expect("an answer") > 0);
+        idle.push(stream);
+    }
+    // A new client is served at once (not after the idle timeout of the others)...
+    let started = Instant::now();
+    let reply = nox.client().health();
+    assert_eq!(reply.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a new client waited {:?} behind idle connections",
+        started.elapsed()
+    );
+    // ...because the oldest idle connection was closed for it.
+    let oldest = &mut idle[0];
+    oldest
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buffer = [0u8; 16];
+    assert_eq!(
+        oldest.read(&mut buffer).unwrap_or(0),
+        0,
+        "the oldest idle connection is still open"
+    );
+    drop(idle);
+    assert_serving(nox);
+}
