@@ -6,12 +6,24 @@
 //!    `systemd-socket-activate`), `/health`, `/run_sh {"cmd":"true"}`,
 //!    `/run_py {"code":"print(N)"}` and `/put` 1 KiB, closed loop at each concurrency, every
 //!    reply checked (a `/run_py` reply must print its own N: cross-talk is a wrong answer);
-//! 3. the resident memory of both daemons, idle and the most seen under load.
+//! 3. the resident memory of both daemons, idle and the most seen under load;
+//! 4. the requirements, each judged against its target: streaming latency of job
+//!    output (direct, and through nginx and Caddy when installed; [`streaming`]), memory
+//!    during a 200 MiB upload ([`upload`]), idle keep-alive connections beside active
+//!    clients, up to and past the frontend's connection bound ([`idle`]), and graceful
+//!    overload at four times the executor's job capacity ([`overload`], on a second nox
+//!    started with the production queue length).
 //!
-//! It prints a markdown table and writes it with an SVG chart to `bench/results/`.
+//! It prints markdown tables and writes them with an SVG chart to `bench/results/`.
 //! Usage: `bench/run.sh` (builds the release binaries, then runs this).
 
 #![forbid(unsafe_code)]
+
+mod client;
+mod idle;
+mod overload;
+mod streaming;
+mod upload;
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -45,6 +57,51 @@ struct Row {
 struct Settings {
     duration: Duration,
 }
+
+/// One of the requirements: what was measured and whether it met its target.
+#[derive(Debug, Clone)]
+struct Check {
+    requirement: String,
+    measured: String,
+    target: String,
+    verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    Pass,
+    Fail,
+    Skipped,
+}
+
+impl Check {
+    fn new(requirement: String, measured: String, target: String, passed: bool) -> Check {
+        Check {
+            requirement,
+            measured,
+            target,
+            verdict: if passed { Verdict::Pass } else { Verdict::Fail },
+        }
+    }
+
+    fn skipped(requirement: String, why: &str) -> Check {
+        Check {
+            requirement,
+            measured: why.to_owned(),
+            target: String::new(),
+            verdict: Verdict::Skipped,
+        }
+    }
+}
+
+/// The frontend's connection bound and idle timeout the bench starts it with (the defaults,
+/// set explicitly so that the idle-connection measurement knows them).
+const MAX_CONNECTIONS: usize = 1024;
+const HEADER_READ_TIMEOUT_S: u64 = 10;
+/// The second nox (overload) has room for the idle connections that do not fit the first.
+const MAX_CONNECTIONS_RAISED: usize = 4096;
+/// Idle keep-alive connections to hold.
+const IDLE_CONNECTIONS: usize = 2000;
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -133,7 +190,14 @@ struct Nox {
     executor: Child,
     port: u16,
     token: String,
-    _dir: PathBuf,
+    dir: PathBuf,
+}
+
+impl Nox {
+    /// The frontend's and the executor's pids (`systemd-socket-activate` execs them).
+    fn pids(&self) -> [u32; 2] {
+        [self.frontend.id(), self.executor.id()]
+    }
 }
 
 impl Drop for Nox {
@@ -142,79 +206,176 @@ impl Drop for Nox {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn start_nox(bin: &Path) -> Result<Nox, Failure> {
-    let dir = std::env::temp_dir().join(format!("nox-bench-{}", std::process::id()));
+fn free_port() -> Result<u16, Failure> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Start nox's release binaries from `bin` as production starts them, with settings on top
+/// of the defaults given as `NOX_*` variables.
+fn start_nox(
+    bin: &Path,
+    label: &str,
+    executor_env: &[(&str, String)],
+    frontend_env: &[(&str, String)],
+) -> Result<Nox, Failure> {
+    let dir = std::env::temp_dir().join(format!("nox-bench-{}-{label}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Command::new("chmod").arg("0755").arg(&dir).status()?;
     let socket = dir.join("executor.sock");
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let token = format!("bench-token-{}", std::process::id());
-    let quiet = || Stdio::null();
-    let executor = Command::new("systemd-socket-activate")
-        .arg("-l")
-        .arg(&socket)
-        .arg("--fdname=jobs")
-        .args([
-            "-E",
-            "NOX_SANDBOX",
-            "-E",
+    let port = free_port()?;
+    let token = format!("bench-token-{}-{label}", std::process::id());
+    let executor_env: Vec<(&str, String)> = [
+        ("NOX_SANDBOX", dir.join("workspaces").display().to_string()),
+        (
             "NOX_EXECUTOR__STATE_DIR",
-            "-E",
-            "NOX_EXECUTOR__MAX_QUEUED_JOBS",
-            "-E",
-            "NOX_LOG",
-        ])
-        .arg(bin.join("nox-executor"))
-        .env("NOX_SANDBOX", dir.join("workspaces"))
-        .env("NOX_EXECUTOR__STATE_DIR", dir.join("state"))
-        .env("NOX_EXECUTOR__MAX_QUEUED_JOBS", "1000")
-        .env("NOX_LOG", "warn")
-        .stdout(quiet())
-        .stderr(quiet())
-        .spawn()?;
-    let frontend = Command::new("systemd-socket-activate")
-        .arg("-l")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--fdname=http")
-        .args([
-            "-E",
-            "NOX_API_TOKEN",
-            "-E",
-            "NOX_EXECUTOR_SOCKET",
-            "-E",
-            "NOX_LOG",
-        ])
-        .arg(bin.join("nox-frontend"))
-        .arg("--config")
-        .arg("/dev/null")
-        .env("NOX_API_TOKEN", &token)
-        .env("NOX_EXECUTOR_SOCKET", &socket)
-        .env("NOX_LOG", "warn")
-        .stdout(quiet())
-        .stderr(quiet())
-        .spawn()?;
+            dir.join("state").display().to_string(),
+        ),
+        ("NOX_LOG", "warn".to_owned()),
+    ]
+    .into_iter()
+    .chain(executor_env.iter().cloned())
+    .collect();
+    let frontend_env: Vec<(&str, String)> = [
+        ("NOX_API_TOKEN", token.clone()),
+        ("NOX_EXECUTOR_SOCKET", socket.display().to_string()),
+        ("NOX_LOG", "warn".to_owned()),
+    ]
+    .into_iter()
+    .chain(frontend_env.iter().cloned())
+    .collect();
+    let activated = |listen: String, name: &str, env: &[(&str, String)], program: &str| {
+        let mut command = Command::new("systemd-socket-activate");
+        command
+            .arg("-l")
+            .arg(listen)
+            .arg(format!("--fdname={name}"));
+        for (key, value) in env {
+            command.arg("-E").arg(key).env(key, value);
+        }
+        command
+            .arg(bin.join(program))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    let executor = activated(
+        socket.display().to_string(),
+        "jobs",
+        &executor_env,
+        "nox-executor",
+    )
+    .spawn()?;
+    let frontend = activated(
+        format!("127.0.0.1:{port}"),
+        "http",
+        &frontend_env,
+        "nox-frontend",
+    )
+    .arg("--config")
+    .arg("/dev/null")
+    .spawn()?;
     Ok(Nox {
         frontend,
         executor,
         port,
         token,
-        _dir: dir,
+        dir,
     })
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), 0 when unreadable.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|line| line.starts_with("VmRSS:"))
+                .find(|line| line.starts_with(field))
                 .and_then(|line| line.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Reset the process's peak resident set (`VmHWM`) to its current size; false if refused.
+fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The most resident memory seen of two processes, sampled every 10 ms until `finish`.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<[AtomicU64; 2]>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pids: [u32; 2]) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let task = {
+            let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    for (slot, pid) in peak.iter().zip(pids) {
+                        slot.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        RssSampler { stop, peak, task }
+    }
+
+    async fn finish(self) -> [u64; 2] {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        [
+            self.peak[0].load(Ordering::Relaxed),
+            self.peak[1].load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// Raise this process's soft RLIMIT_NOFILE (inherited by the daemons it starts) to what the
+/// idle connections need, within the hard limit; returns the soft limit in force.
+fn raise_nofile(wanted: u64) -> u64 {
+    let limits = |which: usize| -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        let value = line.split_whitespace().nth(3 + which)?;
+        Some(if value == "unlimited" {
+            u64::MAX
+        } else {
+            value.parse().ok()?
+        })
+    };
+    let (Some(soft), Some(hard)) = (limits(0), limits(1)) else {
+        return 0;
+    };
+    if soft >= wanted {
+        return soft;
+    }
+    let target = wanted.min(hard);
+    let raised = Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={target}:"))
+        .status()
+        .is_ok_and(|status| status.success());
+    if raised { target } else { soft }
 }
 
 /// What each endpoint sends and how its reply is checked.
@@ -300,7 +461,7 @@ async fn load(
 ) -> Result<Row, Failure> {
     let counter = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let pids = [nox.frontend.id(), nox.executor.id()];
+    let pids = nox.pids();
     let sampler = {
         let (stop, rss_peak) = (Arc::clone(&stop), Arc::clone(&rss_peak));
         tokio::spawn(async move {
@@ -380,7 +541,17 @@ async fn wait_ready(nox: &Nox) -> Result<(), Failure> {
     Err("nox did not become ready".into())
 }
 
-fn markdown(rows: &[Row], memory: &[(String, u64)], notes: &[String]) -> String {
+/// A measurement that could not be made at all.
+fn failed(requirement: &str, error: &Failure) -> Check {
+    Check::new(
+        requirement.to_owned(),
+        format!("failed: {error}"),
+        String::new(),
+        false,
+    )
+}
+
+fn markdown(rows: &[Row], memory: &[(String, u64)], checks: &[Check], notes: &[String]) -> String {
     let mut out = String::from(
         "| what | concurrency | requests | req/s | p50 ms | p99 ms | errors | wrong |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
@@ -394,6 +565,19 @@ fn markdown(rows: &[Row], memory: &[(String, u64)], notes: &[String]) -> String 
     out.push_str("\n| resident memory | KiB |\n|---|---:|\n");
     for (what, kib) in memory {
         let _ = writeln!(out, "| {what} | {kib} |");
+    }
+    out.push_str("\n| requirement | measured | target | result |\n|---|---|---|---|\n");
+    for check in checks {
+        let verdict = match check.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "**FAIL**",
+            Verdict::Skipped => "skipped",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {verdict} |",
+            check.requirement, check.measured, check.target
+        );
     }
     out.push('\n');
     for note in notes {
@@ -462,12 +646,39 @@ fn main() -> Result<(), Failure> {
             settings,
         ),
     ];
+    // Every idle connection is a descriptor here and in the frontend.
+    let nofile = raise_nofile(IDLE_CONNECTIONS as u64 + 1024);
+    let idle_target =
+        IDLE_CONNECTIONS.min(usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let nox = start_nox(&bin)?;
+    let bound = idle::Bound {
+        max_connections: MAX_CONNECTIONS,
+        header_read_timeout_s: HEADER_READ_TIMEOUT_S,
+    };
+    let frontend_env = |bound: idle::Bound| {
+        [
+            (
+                "NOX_FRONTEND__MAX_CONNECTIONS",
+                bound.max_connections.to_string(),
+            ),
+            (
+                "NOX_FRONTEND__HEADER_READ_TIMEOUT_S",
+                bound.header_read_timeout_s.to_string(),
+            ),
+        ]
+    };
+    // A long queue: the throughput cells must never be refused.
+    let nox = start_nox(
+        &bin,
+        "main",
+        &[("NOX_EXECUTOR__MAX_QUEUED_JOBS", "1000".to_owned())],
+        &frontend_env(bound),
+    )?;
     let mut memory = Vec::new();
+    let mut checks = Vec::new();
     runtime.block_on(async {
         wait_ready(&nox).await?;
         // Warm up: the first Python job starts the zygote.
@@ -515,9 +726,52 @@ fn main() -> Result<(), Failure> {
             "nox-executor peak under load".to_owned(),
             peak[1].load(Ordering::Relaxed),
         ));
+
+        eprintln!("streaming latency (direct, nginx, Caddy)");
+        checks.extend(streaming::measure(&nox, &nox.dir.join("proxies")).await);
+        eprintln!("200 MiB upload");
+        match upload::measure(&nox).await {
+            Ok(measured) => checks.extend(measured),
+            Err(error) => checks.push(failed("upload 200 MiB", &error)),
+        }
+        eprintln!("{idle_target} idle connections, max_connections {MAX_CONNECTIONS}");
+        match idle::measure(&nox, bound, idle_target, settings.duration).await {
+            Ok((measured, judged)) => {
+                rows.extend(measured);
+                checks.extend(judged);
+            }
+            Err(error) => checks.push(failed("idle keep-alive connections", &error)),
+        }
         Ok::<_, Failure>(())
     })?;
     drop(nox);
+
+    // Overload against the production queue length (max_queued_jobs and max_concurrent_jobs
+    // left at their defaults), and idle connections under a bound that has room for them.
+    let raised = idle::Bound {
+        max_connections: MAX_CONNECTIONS_RAISED,
+        header_read_timeout_s: HEADER_READ_TIMEOUT_S,
+    };
+    let second = start_nox(&bin, "defaults", &[], &frontend_env(raised))?;
+    runtime.block_on(async {
+        wait_ready(&second).await?;
+        eprintln!("overload at four times the job capacity");
+        let duration = settings.duration.max(Duration::from_secs(3));
+        match overload::measure(&second, duration).await {
+            Ok(measured) => checks.extend(measured),
+            Err(error) => checks.push(failed("overload", &error)),
+        }
+        eprintln!("{idle_target} idle connections, max_connections {MAX_CONNECTIONS_RAISED}");
+        match idle::measure(&second, raised, idle_target, settings.duration).await {
+            Ok((measured, judged)) => {
+                rows.extend(measured);
+                checks.extend(judged);
+            }
+            Err(error) => checks.push(failed("idle keep-alive connections (raised bound)", &error)),
+        }
+        Ok::<_, Failure>(())
+    })?;
+    drop(second);
 
     let floor = |what: &str, c: usize| {
         rows.iter()
@@ -545,6 +799,9 @@ fn main() -> Result<(), Failure> {
             n.p50_ms, f.p50_ms
         ));
     }
+    notes.push(format!(
+        "overload and the second idle cell ran on a second nox with the default job queue (`max_queued_jobs` 64, `max_concurrent_jobs` 0 = twice the CPUs) and `max_connections` {MAX_CONNECTIONS_RAISED}; the first nox has `max_queued_jobs` 1000 so that no throughput cell is refused, and the defaults `max_connections` {MAX_CONNECTIONS}, `header_read_timeout_s` {HEADER_READ_TIMEOUT_S}; RLIMIT_NOFILE (soft) of the bench and both daemons: {nofile}"
+    ));
     let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     notes.push(format!(
         "{} s per cell; load average at the end: {}",
@@ -555,7 +812,7 @@ fn main() -> Result<(), Failure> {
             .collect::<Vec<_>>()
             .join(" ")
     ));
-    let table = markdown(&rows, &memory, &notes);
+    let table = markdown(&rows, &memory, &checks, &notes);
     println!("{table}");
     std::fs::write(out_dir.join("latest.md"), &table)?;
     std::fs::write(out_dir.join("latest.svg"), svg(&rows))?;
