@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
+use nix::fcntl::{
+    AtFlags, OFlag, OpenHow, RenameFlags, ResolveFlag, openat, openat2, renameat, renameat2,
+};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 use nox_protocol::{EntryKind, ErrorKind, FileEntry, Listing, MAX_LISTING_ENTRIES, RelPath};
@@ -716,31 +718,40 @@ impl Upload {
             .take()
             .and_then(|file| fstat(&file).ok())
             .map_or(self.written, |stat| allocated(&stat));
-        let replaced = fstatat(
+        let existing = fstatat(
             &self.dir,
             self.final_name.as_str(),
             AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .map_or(0, |stat| {
+        .ok();
+        let replaced = existing.as_ref().map_or(0, |stat| {
             if stat.st_nlink <= 1 {
-                allocated(&stat)
+                allocated(stat)
             } else {
                 0
             }
         });
-        renameat(
-            &self.dir,
-            self.temp_name.as_str(),
-            &self.dir,
-            self.final_name.as_str(),
-        )
-        .map_err(|errno| {
+        let failed = |errno: Errno| {
             // `temp_name` is still set: Drop removes the temp file.
             WorkspaceError::Replace {
                 path: self.path.clone(),
                 source: errno.into(),
             }
-        })?;
+        };
+        let over_file = existing
+            .as_ref()
+            .is_some_and(|stat| kind_of_mode(stat) != EntryKind::Dir);
+        if over_file {
+            self.exchange_into_place().map_err(failed)?;
+        } else {
+            renameat(
+                &self.dir,
+                self.temp_name.as_str(),
+                &self.dir,
+                self.final_name.as_str(),
+            )
+            .map_err(failed)?;
+        }
         self.temp_name.clear();
         if let Some(budget) = &self.budget {
             let mut ledger = budget
@@ -752,6 +763,40 @@ impl Upload {
             }
         }
         Ok(self.written)
+    }
+}
+
+impl Upload {
+    /// Replace an existing file (or symlink) at the final name: swap the two names
+    /// atomically (`RENAME_EXCHANGE`), then remove the old one, now under the temp name.
+    /// A plain rename over an existing file makes ext4 write the new file's data out first
+    /// (`auto_da_alloc`), which cost more than everything else an upload does; the swap
+    /// gives the same guarantee (the name always holds the old or the new file, whole)
+    /// without it. If a job put a directory there meanwhile, it is swapped back.
+    fn exchange_into_place(&self) -> Result<(), Errno> {
+        let names = (self.temp_name.as_str(), self.final_name.as_str());
+        renameat2(
+            &self.dir,
+            names.0,
+            &self.dir,
+            names.1,
+            RenameFlags::RENAME_EXCHANGE,
+        )?;
+        match unlinkat(&self.dir, names.0, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(errno) => {
+                // Not a file any more (a directory, swapped in by a job): put it back;
+                // our file is then under the temp name again, and Drop removes it.
+                renameat2(
+                    &self.dir,
+                    names.0,
+                    &self.dir,
+                    names.1,
+                    RenameFlags::RENAME_EXCHANGE,
+                )?;
+                Err(errno)
+            }
+        }
     }
 }
 
