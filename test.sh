@@ -2,7 +2,8 @@
 # nox: every check in one command. Idempotent; on a fresh Debian 12 machine run it as root
 # and it installs what is missing first. CI runs exactly this (`.ci/run`).
 #
-#   1. system packages the tests use (systemd-socket-activate, python3, curl, git, a C linker)
+#   1. system packages the tests use (systemd-socket-activate, python3, curl, git, a C linker,
+#      nginx)
 #   2. the users the executor expects: group `nox`, user `nox-sandbox`
 #   3. cargo fmt --check, clippy -D warnings, build, test (unit, end-to-end, adversarial,
 #      clients), then the boot test of the systemd units in a container
@@ -30,13 +31,21 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# nginx: the scale-out end-to-end test runs its own (as an ordinary user, without it: SKIP)
+[ -x /usr/sbin/nginx ] || ! is_root || missing+=(nginx)
 if [ ${#missing[@]} -eq 0 ]; then
   note "all present"
 elif is_root && command -v apt-get >/dev/null 2>&1; then
   note "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Installing nginx must not start it on this host: the tests start their own.
+  no_start=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; no_start=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  [ "$no_start" -eq 0 ] || rm -f /usr/sbin/policy-rc.d
 else
   fail "missing packages: ${missing[*]} (run as root on Debian, or install them)"
 fi
@@ -107,6 +116,10 @@ else
   git -C "$db_dir" fetch --quiet "$bundle" main
 fi
 note "advisory database: $db_dir at $(git -C "$db_dir" log -1 --format='%h (%cs)')"
+# cargo-deny reads `cargo metadata`, which offline needs every package in Cargo.lock — for
+# every target, Windows ones too — in the local registry cache; a fresh machine has only
+# what the Linux build pulled. Fetch the rest from crates.io first.
+cargo fetch --locked
 cargo deny --offline --locked check --hide-inclusion-graph
 
 current_step=""
