@@ -156,10 +156,10 @@ else
 fi
 
 # --- 4. documentation -----------------------------------------------------------------------
-for f in DEPLOY.md Caddyfile nginx/nox.conf ufw.sh nox.toml; do
+for f in DEPLOY.md Caddyfile nginx/nox.conf nginx/nox-scaleout.conf ufw.sh nox.toml; do
   [ -f "$src/packaging/$f" ] || continue
   dst="$DOC_DIR/$(basename "$f")"
-  case "$f" in nox.toml) dst="$DOC_DIR/nox.toml.example" ;; nginx/nox.conf) dst="$DOC_DIR/nginx-nox.conf" ;; esac
+  case "$f" in nox.toml) dst="$DOC_DIR/nox.toml.example" ;; nginx/*) dst="$DOC_DIR/nginx-$(basename "$f")" ;; esac
   mode=0644; [ "$f" = ufw.sh ] && mode=0755
   report "$dst" "$(install_file "$src/packaging/$f" "$dst" "$mode")"
 done

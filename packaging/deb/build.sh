@@ -63,6 +63,7 @@ doc="$pkg/usr/share/doc/nox"
 install -D -m 0644 "$src/packaging/nox.toml" "$doc/nox.toml.example"
 install -m 0644 "$src/packaging/Caddyfile" "$doc/Caddyfile"
 install -m 0644 "$src/packaging/nginx/nox.conf" "$doc/nginx-nox.conf"
+install -m 0644 "$src/packaging/nginx/nox-scaleout.conf" "$doc/nginx-nox-scaleout.conf"
 install -m 0755 "$src/packaging/ufw.sh" "$doc/ufw.sh"
 [ -f "$src/packaging/DEPLOY.md" ] && install -m 0644 "$src/packaging/DEPLOY.md" "$doc/DEPLOY.md"
 cat > "$doc/copyright" <<COPY

@@ -251,6 +251,12 @@ impl Client {
         }
     }
 
+    /// A client for whatever serves HTTP on `127.0.0.1:<port>` (e.g. a proxy in front of
+    /// instances), with `token` in `Authorization: Bearer` when given.
+    pub fn at(port: u16, token: Option<&str>) -> Client {
+        Client::new(port, token.map(str::to_owned))
+    }
+
     /// The same instance, another token (or none).
     pub fn with_token(&self, token: Option<&str>) -> Client {
         Client {
@@ -697,6 +703,8 @@ pub struct NoxBuilder {
     /// `(workspace, token)`; empty means one token for workspace "default" via
     /// `NOX_API_TOKEN`.
     tokens: Vec<(String, String)>,
+    /// The frontend's port on 127.0.0.1; `None` picks a free one.
+    port: Option<u16>,
 }
 
 impl NoxBuilder {
@@ -731,6 +739,13 @@ impl NoxBuilder {
             .iter()
             .map(|(workspace, token)| ((*workspace).to_owned(), (*token).to_owned()))
             .collect();
+        self
+    }
+
+    /// Serve HTTP on `127.0.0.1:<port>` instead of a free port picked at start (for a test
+    /// that must know the address before the instance starts, e.g. to configure a proxy).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -856,7 +871,7 @@ impl Nox {
             &executor_env,
             &path.join("executor.log"),
         );
-        let port = free_port();
+        let port = builder.port.unwrap_or_else(free_port);
         let frontend = Daemon::start(
             "nox-frontend",
             &format!("127.0.0.1:{port}"),

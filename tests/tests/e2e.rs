@@ -15,6 +15,7 @@ mod e2e {
     mod paths;
     mod resilience;
     mod sandbox;
+    mod scaleout;
     mod seed;
     mod streaming;
 }
