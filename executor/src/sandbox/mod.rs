@@ -54,6 +54,8 @@ pub enum SandboxError {
     SeccompArch(&'static str),
     #[error("the seccomp filter has {0} instructions, more than the kernel accepts")]
     SeccompTooLong(usize),
+    #[error("system call number {0} does not fit a seccomp filter")]
+    SeccompNumber(i64),
     #[error("could not build the Landlock ruleset")]
     Landlock(#[source] ::landlock::RulesetError),
     #[error("Landlock is not available in this kernel")]

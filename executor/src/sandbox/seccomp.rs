@@ -7,15 +7,23 @@
 //! `PrivateNetwork=` what the whole executor can do. This layer removes the kernel surfaces
 //! a job has no use for and that sandbox escapes and cross-job channels are made of.
 //!
-//! Two things are decided before `seccompiler`'s program runs, by a short hand-written
-//! prefix (BPF jumps are relative and forward-only, so prepending cannot break them):
-//! - any x32 system call (number with bit 30 set) kills the process: on x86_64 the x32 ABI
-//!   is a second table of the same calls that a number-based deny list would not see;
-//! - `clone3` answers `ENOSYS`, so libc falls back to `clone`, whose flags a filter can
-//!   read (clone3 passes them in memory, out of a filter's reach).
+//! The program is laid out for the kernel's cost, paid by every job: attaching a filter
+//! makes the kernel run it once per system call number (to cache the ones always allowed),
+//! and a deny list compiled as one chain of comparisons walks the whole chain for every
+//! allowed call — some 450 numbers × 450 instructions per job. So the program is:
+//! - a header: a foreign architecture (i386 `int 0x80`) kills the process, and so does any
+//!   x32 system call (number with bit 30 set): on x86_64 the x32 ABI is a second table of
+//!   the same calls that a number-based deny list would not see;
+//! - a binary search over ranges of system call numbers, whose leaves answer at once: allow,
+//!   `EPERM` for the calls denied outright, `ENOSYS` for `clone3` (so libc falls back to
+//!   `clone`, whose flags a filter can read: clone3 passes them in memory, out of a filter's
+//!   reach) — a dozen instructions on any path;
+//! - for the few calls decided by their arguments (socket families, ioctl requests, clone
+//!   flags, personality), a jump into the program `seccompiler` compiles from those rules.
 //!
-//! Everything else denied answers `EPERM`, so a job sees an ordinary error it can report.
-//! A foreign architecture (i386 `int 0x80`) kills the process (seccompiler's prologue).
+//! Everything denied answers `EPERM`, so a job sees an ordinary error it can report. The
+//! tests run the program in a BPF interpreter against the plain `seccompiler` compilation of
+//! the same rules, for every number and a grid of arguments.
 
 use std::collections::BTreeMap;
 
@@ -26,13 +34,26 @@ use seccompiler::{
 
 use super::SandboxError;
 
-// Classic BPF opcodes (linux/bpf_common.h), for the prefix.
+// Classic BPF opcodes (linux/bpf_common.h).
 const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
+const BPF_JMP_JA: u16 = 0x05; // BPF_JMP | BPF_JA (0)
 const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
+const BPF_JMP_JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
 const BPF_JMP_JSET_K: u16 = 0x05 | 0x40; // BPF_JMP | BPF_JSET | BPF_K
 const BPF_RET_K: u16 = 0x06;
 /// `offsetof(struct seccomp_data, nr)`.
 const SECCOMP_DATA_NR: u32 = 0;
+/// `offsetof(struct seccomp_data, arch)`.
+const SECCOMP_DATA_ARCH: u32 = 4;
+/// `AUDIT_ARCH_*` of this machine (linux/audit.h), as `seccompiler` checks it too.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+#[cfg(target_arch = "riscv64")]
+const AUDIT_ARCH: u32 = 0xc000_00f3;
+/// The longest program the kernel loads (linux/bpf_common.h).
+const BPF_MAXINSNS: usize = 4096;
 /// Bit 30 marks the x32 ABI (`__X32_SYSCALL_BIT`).
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
@@ -186,11 +207,18 @@ fn condition(
 /// The deny rules as data: syscall number → rules (any rule matching denies the call;
 /// an empty list denies it unconditionally).
 pub fn job_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
+    let mut rules = argument_rules()?;
+    for (number, _why) in denied_syscalls() {
+        rules.insert(number, Vec::new());
+    }
+    Ok(rules)
+}
+
+/// The calls denied only with some arguments: syscall number → rules (any rule matching
+/// denies the call).
+fn argument_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
     let build = || -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-        for (number, _why) in denied_syscalls() {
-            rules.insert(number, Vec::new());
-        }
         // Sockets of any family but AF_UNIX: TCP, UDP, raw, netlink, packet, vsock, ...
         // (arg 0 is the domain; Dword compares the low 32 bits, all the kernel reads).
         for number in [libc::SYS_socket, libc::SYS_socketpair] {
@@ -234,44 +262,162 @@ fn target_arch() -> Result<TargetArch, SandboxError> {
         .map_err(|_| SandboxError::SeccompArch(std::env::consts::ARCH))
 }
 
-/// The hand-written prefix described in the module docs.
-fn prefix() -> Vec<sock_filter> {
-    let stmt = |code, k| sock_filter {
+fn statement(code: u16, k: u32) -> sock_filter {
+    sock_filter {
         code,
         jt: 0,
         jf: 0,
         k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+fn errno(value: i32) -> u32 {
+    libc::SECCOMP_RET_ERRNO | (value.unsigned_abs() & libc::SECCOMP_RET_DATA)
+}
+
+/// What the filter answers for a system call number, before looking at any argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Allow,
+    /// `EPERM`.
+    Deny,
+    /// `ENOSYS` (`clone3`).
+    NoSys,
+    /// Decided by the argument rules.
+    Arguments,
+}
+
+/// The verdicts over all numbers as ranges: `(first number, verdict)`, sorted, each range
+/// running up to the next one's first number and the last one to `u32::MAX`.
+fn verdict_ranges(
+    denied: &[i64],
+    with_arguments: &[i64],
+) -> Result<Vec<(u32, Verdict)>, SandboxError> {
+    let number = |value: i64| u32::try_from(value).map_err(|_| SandboxError::SeccompNumber(value));
+    let mut special = BTreeMap::new();
+    for &value in denied {
+        special.insert(number(value)?, Verdict::Deny);
+    }
+    for &value in with_arguments {
+        special.insert(number(value)?, Verdict::Arguments);
+    }
+    special.insert(number(libc::SYS_clone3)?, Verdict::NoSys);
+    let last = special.keys().next_back().copied().unwrap_or(0);
+    let mut ranges: Vec<(u32, Verdict)> = Vec::new();
+    for nr in 0..=last.saturating_add(1) {
+        let verdict = special.get(&nr).copied().unwrap_or(Verdict::Allow);
+        if ranges
+            .last()
+            .is_none_or(|(_, previous)| *previous != verdict)
+        {
+            ranges.push((nr, verdict));
+        }
+    }
+    Ok(ranges)
+}
+
+/// A piece of program, with the places that jump to the argument rules (their offset is
+/// known only once everything before the rules is laid out).
+#[derive(Default)]
+struct Code {
+    program: Vec<sock_filter>,
+    to_arguments: Vec<usize>,
+}
+
+impl Code {
+    fn append(&mut self, other: Code) {
+        let base = self.program.len();
+        self.to_arguments
+            .extend(other.to_arguments.into_iter().map(|at| base + at));
+        self.program.extend(other.program);
+    }
+}
+
+/// A binary search over `ranges` (not empty) with the number in the accumulator: every
+/// node one `JGE`, every leaf its answer.
+fn search(ranges: &[(u32, Verdict)]) -> Code {
+    let mut code = Code::default();
+    let [first, rest @ ..] = ranges else {
+        return code;
     };
-    let jump = |code, k, jt, jf| sock_filter { code, jt, jf, k };
-    #[allow(clippy::cast_sign_loss)]
-    let clone3 = libc::SYS_clone3 as u32;
-    #[allow(clippy::cast_sign_loss)]
-    let enosys = libc::ENOSYS as u32;
-    vec![
-        stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR),
-        jump(BPF_JMP_JSET_K, X32_SYSCALL_BIT, 0, 1),
-        stmt(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
-        jump(BPF_JMP_JEQ_K, clone3, 0, 1),
-        stmt(
-            BPF_RET_K,
-            libc::SECCOMP_RET_ERRNO | (enosys & libc::SECCOMP_RET_DATA),
-        ),
-    ]
+    if rest.is_empty() {
+        match first.1 {
+            Verdict::Allow => code
+                .program
+                .push(statement(BPF_RET_K, libc::SECCOMP_RET_ALLOW)),
+            Verdict::Deny => code.program.push(statement(BPF_RET_K, errno(libc::EPERM))),
+            Verdict::NoSys => code.program.push(statement(BPF_RET_K, errno(libc::ENOSYS))),
+            Verdict::Arguments => {
+                code.to_arguments.push(0);
+                code.program.push(statement(BPF_JMP_JA, 0));
+            }
+        }
+        return code;
+    }
+    let middle = ranges.len() / 2;
+    let below = search(&ranges[..middle]);
+    let above = search(&ranges[middle..]);
+    let split = ranges[middle].0;
+    // Conditional jumps reach 255 instructions ahead; past that, through a `JA`.
+    match u8::try_from(below.program.len()) {
+        Ok(skip) => code.program.push(jump(BPF_JMP_JGE_K, split, skip, 0)),
+        Err(_) => {
+            code.program.push(jump(BPF_JMP_JGE_K, split, 0, 1));
+            let skip = u32::try_from(below.program.len()).unwrap_or(u32::MAX);
+            code.program.push(statement(BPF_JMP_JA, skip));
+        }
+    }
+    code.append(below);
+    code.append(above);
+    code
 }
 
 /// Compile the job filter for this machine's architecture.
 pub fn job_filter() -> Result<BpfProgram, SandboxError> {
-    let filter = SeccompFilter::new(
-        job_rules()?,
-        SeccompAction::Allow,                             // not listed: allowed
-        SeccompAction::Errno(libc::EPERM.unsigned_abs()), // listed and matched: EPERM
+    let arguments = argument_rules()?;
+    let with_arguments: Vec<i64> = arguments.keys().copied().collect();
+    let denied: Vec<i64> = denied_syscalls()
+        .into_iter()
+        .map(|(number, _why)| number)
+        .collect();
+    let ranges = verdict_ranges(&denied, &with_arguments)?;
+
+    let mut code = Code {
+        program: vec![
+            statement(BPF_LD_W_ABS, SECCOMP_DATA_ARCH),
+            jump(BPF_JMP_JEQ_K, AUDIT_ARCH, 1, 0),
+            statement(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+            statement(BPF_LD_W_ABS, SECCOMP_DATA_NR),
+            jump(BPF_JMP_JSET_K, X32_SYSCALL_BIT, 0, 1),
+            statement(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+        ],
+        to_arguments: Vec::new(),
+    };
+    code.append(search(&ranges));
+
+    // The argument rules, by seccompiler (its own architecture check and number load
+    // included): a call it does not deny is allowed.
+    let rules = SeccompFilter::new(
+        arguments,
+        SeccompAction::Allow,                             // not matched: allowed
+        SeccompAction::Errno(libc::EPERM.unsigned_abs()), // matched: EPERM
         target_arch()?,
     )
     .map_err(SandboxError::SeccompRules)?;
-    let body: BpfProgram = filter.try_into().map_err(SandboxError::SeccompCompile)?;
-    let mut program = prefix();
-    program.extend(body);
-    if program.len() > usize::from(u16::MAX) {
+    let rules: BpfProgram = rules.try_into().map_err(SandboxError::SeccompCompile)?;
+    let start = code.program.len();
+    for &at in &code.to_arguments {
+        let offset =
+            u32::try_from(start - (at + 1)).map_err(|_| SandboxError::SeccompTooLong(start))?;
+        code.program[at].k = offset;
+    }
+    let mut program = code.program;
+    program.extend(rules);
+    if program.len() > BPF_MAXINSNS {
         return Err(SandboxError::SeccompTooLong(program.len()));
     }
     Ok(program)
@@ -321,14 +467,233 @@ mod tests {
         assert!(!rules.contains_key(&libc::SYS_execve));
         assert!(
             !rules.contains_key(&libc::SYS_clone3),
-            "clone3 is handled by the prefix"
+            "clone3 is answered by the search, before any rule"
         );
     }
 
+    /// `struct seccomp_data` as a filter sees it.
+    struct Call {
+        nr: u32,
+        arch: u32,
+        args: [u64; 6],
+    }
+
+    /// A classic BPF interpreter for what seccomp filters use; returns the filter's answer
+    /// and how many instructions ran. Panics on anything else, or on a jump out of the
+    /// program.
+    fn run(program: &[sock_filter], call: &Call) -> (u32, usize) {
+        let mut accumulator: u32 = 0;
+        let mut pc = 0usize;
+        let mut steps = 0;
+        loop {
+            let insn = &program[pc];
+            steps += 1;
+            pc += 1;
+            let k = insn.k;
+            let branch = |taken: bool| usize::from(if taken { insn.jt } else { insn.jf });
+            match insn.code {
+                BPF_LD_W_ABS => {
+                    accumulator = match k {
+                        0 => call.nr,
+                        4 => call.arch,
+                        16..=63 if k.is_multiple_of(4) => {
+                            let arg = call.args[((k - 16) / 8) as usize];
+                            if (k - 16).is_multiple_of(8) {
+                                arg as u32
+                            } else {
+                                (arg >> 32) as u32
+                            }
+                        }
+                        other => panic!("load from offset {other}"),
+                    }
+                }
+                BPF_JMP_JA => pc += k as usize,
+                BPF_JMP_JEQ_K => pc += branch(accumulator == k),
+                0x25 => pc += branch(accumulator > k), // BPF_JMP | BPF_JGT | BPF_K
+                BPF_JMP_JGE_K => pc += branch(accumulator >= k),
+                BPF_JMP_JSET_K => pc += branch(accumulator & k != 0),
+                0x54 => accumulator &= k, // BPF_ALU | BPF_AND | BPF_K
+                BPF_RET_K => return (k, steps),
+                other => panic!("opcode {other:#x} at {}", pc - 1),
+            }
+        }
+    }
+
+    /// The same rules compiled the plain way: the old prefix (x32 kill, clone3 ENOSYS),
+    /// then `seccompiler`'s chain over every rule.
+    fn reference_filter() -> BpfProgram {
+        let filter = SeccompFilter::new(
+            job_rules().unwrap(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EPERM.unsigned_abs()),
+            target_arch().unwrap(),
+        )
+        .unwrap();
+        let body: BpfProgram = filter.try_into().unwrap();
+        let mut program = vec![
+            statement(BPF_LD_W_ABS, SECCOMP_DATA_NR),
+            jump(BPF_JMP_JSET_K, X32_SYSCALL_BIT, 0, 1),
+            statement(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+            jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, 0, 1),
+            statement(BPF_RET_K, errno(libc::ENOSYS)),
+        ];
+        program.extend(body);
+        program
+    }
+
+    /// Argument values that matter to some rule, and some that do not.
+    fn argument_grid() -> Vec<u64> {
+        let mut values = vec![
+            0,
+            1,
+            0xffff_ffff,
+            u64::MAX,
+            1 << 32,
+            libc::AF_UNIX as u64,
+            libc::AF_INET as u64,
+            libc::AF_INET6 as u64,
+            libc::AF_NETLINK as u64,
+            libc::AF_PACKET as u64,
+            libc::AF_VSOCK as u64,
+            (1 << 32) | libc::AF_UNIX as u64,
+            (1 << 32) | libc::AF_INET as u64,
+            libc::TIOCSTI,
+            libc::TIOCLINUX,
+            (1 << 32) | libc::TIOCSTI,
+            libc::TCGETS,
+            libc::SIGCHLD as u64,
+            0x0040_0000, // READ_IMPLIES_EXEC
+            0x0004_0000, // ADDR_NO_RANDOMIZE
+        ];
+        for flag in CLONE_NAMESPACE_FLAGS {
+            values.push(flag | libc::SIGCHLD as u64);
+        }
+        values.push((libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_THREAD) as u64);
+        values
+    }
+
     #[test]
-    fn the_program_compiles_for_this_machine_and_starts_with_the_prefix() {
+    fn the_search_answers_every_call_as_the_plain_compilation_of_the_rules_does() {
         let program = job_filter().unwrap();
-        assert_eq!(program[..5], prefix()[..]);
-        assert!(program.len() > 100);
+        let reference = reference_filter();
+        let grid = argument_grid();
+        let with_arguments: Vec<u32> = argument_rules()
+            .unwrap()
+            .keys()
+            .map(|&nr| nr as u32)
+            .collect();
+        let mut numbers: Vec<u32> = (0..=600).collect();
+        numbers.extend([1000, 4095, 0xffff, u32::MAX, 0x7fff_ffff]);
+        numbers.extend((0..=600).map(|nr| nr | X32_SYSCALL_BIT));
+        let mut checked = 0;
+        for nr in numbers {
+            let argument_sets: Vec<[u64; 6]> = if with_arguments.contains(&nr) {
+                grid.iter()
+                    .flat_map(|&a0| grid.iter().map(move |&a1| [a0, a1, 0, 0, 0, 0]))
+                    .collect()
+            } else {
+                vec![[0; 6], [u64::MAX; 6]]
+            };
+            for args in argument_sets {
+                let call = Call {
+                    nr,
+                    arch: AUDIT_ARCH,
+                    args,
+                };
+                assert_eq!(
+                    run(&program, &call).0,
+                    run(&reference, &call).0,
+                    "system call {nr:#x} with {args:x?}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 5000, "{checked} calls checked");
+    }
+
+    #[test]
+    fn the_program_answers_the_denied_and_special_calls_as_documented() {
+        let program = job_filter().unwrap();
+        let answer = |nr: i64, arch: u32, args: [u64; 6]| {
+            run(
+                &program,
+                &Call {
+                    nr: nr as u32,
+                    arch,
+                    args,
+                },
+            )
+            .0
+        };
+        let native = |nr: i64| answer(nr, AUDIT_ARCH, [0; 6]);
+        let eperm = errno(libc::EPERM);
+        for (nr, why) in denied_syscalls() {
+            assert_eq!(native(nr), eperm, "{nr}: {why}");
+        }
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_execve,
+            libc::SYS_exit_group,
+        ] {
+            assert_eq!(native(nr), libc::SECCOMP_RET_ALLOW, "{nr}");
+        }
+        assert_eq!(native(libc::SYS_clone3), errno(libc::ENOSYS));
+        // A foreign architecture (i386) and the x32 table: the process dies.
+        assert_eq!(
+            answer(libc::SYS_read, 0x4000_0003, [0; 6]),
+            libc::SECCOMP_RET_KILL_PROCESS
+        );
+        assert_eq!(
+            native(libc::SYS_read | i64::from(X32_SYSCALL_BIT)),
+            libc::SECCOMP_RET_KILL_PROCESS
+        );
+        let inet = [libc::AF_INET as u64, 0, 0, 0, 0, 0];
+        let unix = [libc::AF_UNIX as u64, 0, 0, 0, 0, 0];
+        assert_eq!(answer(libc::SYS_socket, AUDIT_ARCH, inet), eperm);
+        assert_eq!(
+            answer(libc::SYS_socket, AUDIT_ARCH, unix),
+            libc::SECCOMP_RET_ALLOW
+        );
+        let tiocsti = [0, libc::TIOCSTI, 0, 0, 0, 0];
+        assert_eq!(answer(libc::SYS_ioctl, AUDIT_ARCH, tiocsti), eperm);
+        let newuser = [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0];
+        assert_eq!(answer(libc::SYS_clone, AUDIT_ARCH, newuser), eperm);
+    }
+
+    #[test]
+    fn an_allowed_call_runs_a_short_path_and_the_arguments_program_checks_the_same_arch() {
+        let program = job_filter().unwrap();
+        // The kernel runs the filter for every number when a job attaches it: a number
+        // decided without arguments takes the header and one search path.
+        let longest = (0..=600u32)
+            .filter(|nr| !argument_rules().unwrap().contains_key(&i64::from(*nr)))
+            .map(|nr| {
+                run(
+                    &program,
+                    &Call {
+                        nr,
+                        arch: AUDIT_ARCH,
+                        args: [0; 6],
+                    },
+                )
+                .1
+            })
+            .max()
+            .unwrap();
+        assert!(longest <= 20, "{longest} instructions on the longest path");
+        assert!(
+            program.len() < reference_filter().len(),
+            "{} instructions vs {}",
+            program.len(),
+            reference_filter().len()
+        );
+        // seccompiler's part starts with the same architecture check as the header.
+        let arch_check = program
+            .iter()
+            .skip(6)
+            .filter(|insn| insn.code == BPF_JMP_JEQ_K && insn.k == AUDIT_ARCH)
+            .count();
+        assert_eq!(arch_check, 1);
     }
 }
