@@ -14,15 +14,28 @@
 //! A job's first process joins its cgroup itself, before it can fork: it writes `0` to the
 //! cgroup's `cgroup.procs`, opened by the executor (the kernel checks the opener's
 //! credentials, so the zygote's child can do it too).
+//!
+//! Making and removing a cgroup is the dearest step of starting a job here (the kernel
+//! allocates and frees every controller's state: more than the seccomp filter), so a job's
+//! cgroup, once its last process is gone, is kept for a later job instead of removed:
+//! [`POOL`] of them wait empty, their `cgroup.procs` open. Empty means no process at all,
+//! and only a process inside a cgroup or the executor can add one (the directories are
+//! root's), so a job never meets anything of an earlier one there.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 const ROOT: &str = "/sys/fs/cgroup";
+
+/// Empty job cgroups kept for the next jobs; past this many, an emptied one is removed.
+const POOL: usize = 64;
+
+/// How long the cleanup thread tries to empty a job's cgroup before it gives up on it.
+const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which cgroup hierarchy job cgroups live in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,29 +50,43 @@ pub struct Cgroups {
     version: Version,
     /// The parent of every job cgroup of this executor.
     parent: PathBuf,
-    cleanup: mpsc::Sender<PathBuf>,
+    cleanup: mpsc::Sender<Made>,
+    /// Empty job cgroups, ready for a job.
+    ready: Arc<Mutex<Vec<Made>>>,
 }
 
-/// One job's cgroup. Dropped, it is emptied (anything left is killed) and removed, on a
-/// thread of its own.
+/// A job cgroup that exists.
+#[derive(Debug)]
+struct Made {
+    path: PathBuf,
+    /// Its `cgroup.procs`, open for writing.
+    procs: OwnedFd,
+    /// What its `pids.max` says.
+    max_processes: u64,
+}
+
+/// One job's cgroup. Dropped, it is emptied (anything left is killed) on a thread of its
+/// own, then kept for another job or removed.
 #[derive(Debug)]
 pub struct JobCgroup {
-    path: PathBuf,
-    procs: OwnedFd,
-    cleanup: mpsc::Sender<PathBuf>,
+    /// Always `Some` until dropped.
+    made: Option<Made>,
+    cleanup: mpsc::Sender<Made>,
 }
 
 impl JobCgroup {
     /// `cgroup.procs` of the job's cgroup, open for writing: the job's first process
     /// writes `0` to it.
     pub fn procs(&self) -> RawFd {
-        self.procs.as_raw_fd()
+        self.made.as_ref().map_or(-1, |made| made.procs.as_raw_fd())
     }
 }
 
 impl Drop for JobCgroup {
     fn drop(&mut self) {
-        let _ = self.cleanup.send(std::mem::take(&mut self.path));
+        if let Some(made) = self.made.take() {
+            let _ = self.cleanup.send(made);
+        }
     }
 }
 
@@ -76,11 +103,22 @@ impl Cgroups {
                 Err(v1_reason) => return Err(format!("{v2_reason}; {v1_reason}")),
             },
         };
-        let (cleanup, requests) = mpsc::channel::<PathBuf>();
+        let (cleanup, requests) = mpsc::channel::<Made>();
+        let ready = Arc::new(Mutex::new(Vec::new()));
+        let pool = Arc::clone(&ready);
         std::thread::Builder::new()
             .name("nox-cgroup-cleanup".into())
             .spawn(move || {
-                for path in requests {
+                for made in requests {
+                    if empty(&made.path) {
+                        let mut pool = pool.lock().unwrap_or_else(PoisonError::into_inner);
+                        if pool.len() < POOL {
+                            pool.push(made);
+                            continue;
+                        }
+                    }
+                    let path = made.path.clone();
+                    drop(made);
                     remove(&path);
                 }
             })
@@ -89,6 +127,7 @@ impl Cgroups {
             version,
             parent,
             cleanup,
+            ready,
         })
     }
 
@@ -157,8 +196,33 @@ impl Cgroups {
         Ok(parent)
     }
 
-    /// A new cgroup for one job, holding at most `max_processes` tasks.
+    /// An empty cgroup for one job, holding at most `max_processes` tasks: one kept from an
+    /// earlier job, or a new one.
     pub fn create(&self, max_processes: u64) -> io::Result<JobCgroup> {
+        let kept = self
+            .ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let made = match kept {
+            Some(mut made) => {
+                if made.max_processes != max_processes {
+                    // Dropped on failure: the cleanup thread never sees it, and the
+                    // directory stays until this executor's parent is swept.
+                    std::fs::write(made.path.join("pids.max"), max_processes.to_string())?;
+                    made.max_processes = max_processes;
+                }
+                made
+            }
+            None => self.make(max_processes)?,
+        };
+        Ok(JobCgroup {
+            made: Some(made),
+            cleanup: self.cleanup.clone(),
+        })
+    }
+
+    fn make(&self, max_processes: u64) -> io::Result<Made> {
         // One counter for the process: every Sandbox of a process shares the parent.
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -171,10 +235,10 @@ impl Cgroups {
             .open(path.join("cgroup.procs"))?;
         let procs = super::spawn::raise_fd(OwnedFd::from(procs))?;
         std::mem::forget(made);
-        Ok(JobCgroup {
+        Ok(Made {
             path,
             procs,
-            cleanup: self.cleanup.clone(),
+            max_processes,
         })
     }
 
@@ -240,10 +304,25 @@ fn sweep(dir: &Path, prefix: &str) {
     }
 }
 
+/// Kill whatever is left in the job cgroup at `path` until nothing is; false when that did
+/// not happen within [`EMPTY_TIMEOUT`] (or the cgroup cannot be read).
+fn empty(path: &Path) -> bool {
+    let deadline = Instant::now() + EMPTY_TIMEOUT;
+    loop {
+        match std::fs::read_to_string(path.join("cgroup.procs")) {
+            Ok(members) if members.trim().is_empty() => return true,
+            Ok(_) if Instant::now() < deadline => {}
+            Ok(_) | Err(_) => return false,
+        }
+        kill_members(path);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Kill whatever is left in the job cgroup at `path`, then remove it. Gives up (and says
 /// so) after a few seconds: a task stuck in the kernel cannot be removed by anyone.
 fn remove(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + EMPTY_TIMEOUT;
     loop {
         match std::fs::remove_dir(path) {
             Ok(()) => return,

@@ -348,3 +348,85 @@ fn rlimits_are_applied_to_the_job() {
         );
     }
 }
+
+/// The directory of the pids cgroup a job reported from `/proc/self/cgroup`.
+fn pids_cgroup_dir(proc_self_cgroup: &str) -> Option<std::path::PathBuf> {
+    proc_self_cgroup.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let root = if controllers.split(',').any(|name| name == "pids") {
+            "/sys/fs/cgroup/pids"
+        } else if controllers.is_empty() {
+            "/sys/fs/cgroup"
+        } else {
+            return None;
+        };
+        let dir = std::path::Path::new(root).join(path.trim_start_matches('/'));
+        dir.join("pids.max").exists().then_some(dir)
+    })
+}
+
+#[test]
+fn a_jobs_pids_cgroup_is_kept_for_later_jobs_empty_and_with_their_own_limit() {
+    let test = "a_jobs_pids_cgroup_is_kept_for_later_jobs_empty_and_with_their_own_limit";
+    if skip_unless_root(test) {
+        return;
+    }
+    // An instance of its own: nothing else takes its kept cgroups meanwhile.
+    let nox = Nox::builder().start();
+    let health = nox.client().health().expect_json(200);
+    let detail = health["executor"]["layers"]["rlimits"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if !detail.contains("pids cgroup (") {
+        nox_e2e::skip(test, &format!("no pids cgroup per job here: {detail}"));
+        return;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (round, processes) in [48u64, 30, 30, 48, 20, 48, 30, 20].into_iter().enumerate() {
+        // The job leaves a process behind in its group; it is killed with the job.
+        let reply = nox.client().run(
+            "/run_sh",
+            &serde_json::json!({
+                "cmd": "sleep 60 & cat /proc/self/cgroup",
+                "limits": { "processes": processes }
+            }),
+        );
+        assert_eq!(reply["returncode"], 0, "{reply}");
+        let dir = pids_cgroup_dir(stdout(&reply))
+            .unwrap_or_else(|| panic!("round {round}: no pids cgroup in {reply}"));
+        // Read from outside, after the job: its own limit, whichever job had it before.
+        let max = fs::read_to_string(dir.join("pids.max")).unwrap_or_default();
+        assert_eq!(
+            max.trim(),
+            processes.to_string(),
+            "round {round}: {}",
+            dir.display()
+        );
+        // Emptied once the job is over (the cleanup thread kills what is left), and only
+        // then handed to another job.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let members = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            if members.trim().is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: {} still holds {members}",
+                dir.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        seen.insert(dir);
+        // Time for the cleanup thread, which saw it empty too, to put it back.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Jobs one after another reuse the emptied cgroups instead of making one each.
+    assert!(
+        seen.len() <= 2,
+        "{} cgroups for 8 jobs in a row: {seen:?}",
+        seen.len()
+    );
+}
