@@ -29,6 +29,7 @@ use crate::sandbox::reaper::ExitReport;
 use crate::sandbox::spawn::{JobCommand, SpawnedJob};
 use crate::sandbox::zygote::WarmPython;
 use crate::sandbox::{JobIdentity, Sandbox, SandboxError};
+use crate::scratch::Scratches;
 use crate::workspace::{WorkspaceError, Workspaces};
 use nox_protocol::error_chain;
 
@@ -123,7 +124,7 @@ pub struct JobRunner {
     sandbox: Arc<Sandbox>,
     workspaces: Arc<Workspaces>,
     ceilings: Limits,
-    scratch_root: PathBuf,
+    scratches: Arc<Scratches>,
     slots: Arc<Semaphore>,
     max_concurrent: u32,
     queued: AtomicU32,
@@ -144,11 +145,12 @@ impl JobRunner {
         let scratch_root = config.state_dir.join("jobs");
         identity.check_reachable(&config.workspace_root.join("x"))?;
         identity.check_reachable(&scratch_root.join("x"))?;
-        prepare_scratch_root(&scratch_root).map_err(|source| SandboxError::OpenDirectory {
-            path: scratch_root.clone(),
-            source,
-        })?;
-        let sandbox = Sandbox::new(config, identity, &scratch_root)?;
+        let scratches =
+            Scratches::new(scratch_root.clone()).map_err(|source| SandboxError::OpenDirectory {
+                path: scratch_root.clone(),
+                source,
+            })?;
+        let sandbox = Sandbox::new(config, identity, scratches.root())?;
         let missing = sandbox.missing_required();
         let refusal = (!missing.is_empty()).then(|| {
             missing
@@ -172,7 +174,7 @@ impl JobRunner {
             sandbox: Arc::new(sandbox),
             workspaces,
             ceilings: config.limits.ceilings(),
-            scratch_root,
+            scratches: Arc::new(scratches),
             slots: Arc::new(Semaphore::new(max_concurrent as usize)),
             max_concurrent,
             queued: AtomicU32::new(0),
@@ -247,13 +249,14 @@ impl JobRunner {
         let limits = self.ceilings.clamp(&spec.limits);
         // The workspace's path follows from its name (`ensure` below creates it if needed).
         let workdir = self.config.workspace_root.join(&spec.workspace);
-        let scratch = self.scratch_root.join(&spec.job_id);
+        let scratch = self.scratches.path_for(&spec.job_id);
         let (command, warm) = self.command_for(&spec, &limits, &workdir, &scratch);
         // One blocking hop for everything up to the fork: on a busy machine every hop
         // between threads waits for a CPU.
         let prepared = Prepared {
             workspaces: Arc::clone(&self.workspaces),
             sandbox: Arc::clone(&self.sandbox),
+            scratches: Arc::clone(&self.scratches),
             workspace: spec.workspace.clone(),
             python_file: filename,
             scratch: scratch.clone(),
@@ -265,13 +268,11 @@ impl JobRunner {
             .supervise(&spec, spawned, limits, queued_ms, replies, cancel)
             .await;
         // Nobody waits for the cleanup: the reply has been sent.
-        let job_id = spec.job_id.clone();
+        let scratches = Arc::clone(&self.scratches);
         let workspaces = Arc::clone(&self.workspaces);
         let workspace = spec.workspace.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(error) = std::fs::remove_dir_all(&scratch) {
-                tracing::warn!(%job_id, %error, path = %scratch.display(), "could not remove the job's scratch directory");
-            }
+            scratches.release(&scratch, &workspace);
             // What the job left is what the next job and upload are measured against.
             if workspaces.quota().is_some() {
                 let _ = workspaces.measure(&workspace);
@@ -527,6 +528,7 @@ async fn over_quota(workspaces: Arc<Workspaces>, workspace: String) {
 struct Prepared {
     workspaces: Arc<Workspaces>,
     sandbox: Arc<Sandbox>,
+    scratches: Arc<Scratches>,
     workspace: String,
     /// A Python job's file name: its code (`command.code`) is saved there in the workspace,
     /// as the seed did.
@@ -546,10 +548,13 @@ impl Prepared {
         if let (Some(path), Some(code)) = (&self.python_file, &self.command.code) {
             self.workspaces.write_file(&self.workspace, path, code)?;
         }
-        make_scratch(&self.scratch, owner).map_err(|source| JobError::Scratch {
-            path: self.scratch.clone(),
-            source,
-        })?;
+        let scratches = &self.scratches;
+        scratches
+            .make(&self.scratch, &self.workspace, owner)
+            .map_err(|source| JobError::Scratch {
+                path: self.scratch.clone(),
+                source,
+            })?;
         let writable = [workdir.as_path(), self.scratch.as_path()];
         let spawned = match &self.warm {
             Some((display, filename)) => self.sandbox.spawn_warm_python(
@@ -567,7 +572,7 @@ impl Prepared {
             None => self.sandbox.spawn(&self.command, &writable, owner),
         };
         if spawned.is_err() {
-            let _ = std::fs::remove_dir_all(&self.scratch);
+            scratches.release(&self.scratch, &self.workspace);
         }
         Ok(spawned?)
     }
@@ -740,23 +745,6 @@ fn describe_layers(sandbox: &Sandbox) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// `<state>/jobs`: traversable by the sandbox user, listable only by the executor.
-fn prepare_scratch_root(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
-}
-
-/// `<state>/jobs/<job id>`: a fresh directory owned by the job's user, mode 0700.
-fn make_scratch(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().mode(0o700).create(path)?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod owners;
 pub mod peer;
 #[allow(unsafe_code)]
 pub mod sandbox;
+pub mod scratch;
 pub mod server;
 pub mod telemetry;
 pub mod workspace;

@@ -486,3 +486,40 @@ fn a_job_cannot_read_another_jobs_scratch_directory() {
     );
     assert_serving(nox);
 }
+
+#[test]
+fn a_scratch_directory_marked_by_one_workspaces_jobs_never_reaches_another_workspace() {
+    // Scratch directories are kept and reused, but only within one workspace: what a job
+    // leaves on its TMPDIR (files, a mode, an extended attribute) must not reach another's.
+    let _jobs = common::jobs();
+    let nox = tenants();
+    let secret = unique("ALPHA-MARK");
+    let mark = format!(
+        "import os\nd = os.environ['TMPDIR']\nopen(os.path.join(d, 'left.txt'), 'w').write('{secret}')\nos.mkdir(os.path.join(d, 'sub'))\nos.chmod(d, 0o777)\ntry:\n    os.setxattr(d, 'user.nox-mark', b'{secret}')\n    print('marked')\nexcept OSError as e:\n    print('errno', e.errno)\n"
+    );
+    let look = "import os, stat\nd = os.environ['TMPDIR']\ntry:\n    x = os.getxattr(d, 'user.nox-mark').decode()\nexcept OSError as e:\n    x = 'errno %d' % e.errno\nprint(sorted(os.listdir(d)), oct(stat.S_IMODE(os.stat(d).st_mode)), x)\n";
+    let alpha = nox.client_for("alpha");
+    let beta = nox.client_for("beta");
+    for _ in 0..4 {
+        let reply = alpha.run("/run_py", &json!({ "code": mark }));
+        assert_eq!(reply["returncode"], 0, "{reply}");
+    }
+    // Time for the released directories to be emptied and kept.
+    std::thread::sleep(Duration::from_millis(300));
+    for round in 0..4 {
+        let reply = beta.run("/run_py", &json!({ "code": look }));
+        let seen = stdout(&reply);
+        assert!(!seen.contains(&secret), "round {round}: {reply}");
+        assert!(
+            seen.starts_with("[] 0o700 errno "),
+            "round {round}: beta's TMPDIR is not new: {reply}"
+        );
+    }
+    // alpha's own next jobs start with an empty 0700 directory too.
+    let reply = alpha.run("/run_py", &json!({ "code": look }));
+    assert!(
+        stdout(&reply).starts_with("[] 0o700 "),
+        "alpha's TMPDIR is not emptied: {reply}"
+    );
+    assert_serving(nox);
+}
