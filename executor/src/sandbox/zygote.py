@@ -13,10 +13,18 @@
 # path's bootstrap does. Jobs share nothing with each other but the zygote's read-only
 # (copy-on-write) memory. The zygote waits for its children with WNOWAIT, kills each one's
 # process group while the leader is still a zombie, then reaps and reports the exit.
+#
+# A fork and the first writes of a new process cost more than a millisecond here (the
+# interpreter's pages are copied on write as the child touches them), so the zygote keeps
+# one spare child forked ahead: it waits, in a process group of its own, knowing nothing
+# of any job, until the zygote hands it a job's descriptors; then it goes on exactly as a
+# child forked for that job would, and the zygote forks the next spare. A spare serves one
+# job at most, and dies with the zygote (PR_SET_PDEATHSIG).
 import ctypes, json, os, resource, select, signal, socket, sys
 # Everything a job's process needs is imported here, once, and inherited by every fork.
 import atexit, builtins, io, linecache, threading, traceback, types
 
+PR_SET_PDEATHSIG = 1
 SYS_LANDLOCK_RESTRICT_SELF = int(sys.argv[1])
 SYS_SECCOMP = int(sys.argv[2])
 SYS_CAPSET = int(sys.argv[3])
@@ -35,6 +43,9 @@ class SockFprog(ctypes.Structure):
 
 FPROG = SockFprog(len(PROGRAM) // 8, PROGRAM)
 CHILDREN = set()
+# The spare child: (pid, the zygote's end of its socket pair), or None.
+SPARE = None
+ZYGOTE_PID = os.getpid()
 # Report pipes of children still setting up: read end -> [job id, pid, bytes so far].
 REPORTS = {}
 
@@ -163,14 +174,54 @@ def exit_status(exit):
     return 1
 
 
-def start(message, fds):
-    """Fork the job's process; its report ("ok" or the failed step) is read when it arrives
-    (main loop), so the zygote forks the next job while this one sets itself up."""
-    report_read, report_write = os.pipe()
+def fork_spare():
+    """Fork the spare child, which waits for a job's descriptors."""
+    global SPARE
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
-        os.close(report_read)
-        run_job(fds, report_write)
+        try:
+            ours.close()
+            os.setpgid(0, 0)
+            if LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != ZYGOTE_PID:
+                os._exit(0)
+            _, fds, _, _ = socket.recv_fds(theirs, 16, 16)
+            theirs.close()
+        except BaseException:
+            os._exit(0)
+        if not fds:
+            os._exit(0)
+        run_job(fds[1:], fds[0])
+    theirs.close()
+    SPARE = (pid, ours)
+
+
+def hand_to_spare(report_write, fds):
+    """The spare's pid once it has the job's descriptors, None without a spare."""
+    global SPARE
+    if SPARE is None:
+        return None
+    pid, ours = SPARE
+    SPARE = None
+    try:
+        socket.send_fds(ours, [b"run"], [report_write, *fds])
+    except OSError:
+        return None
+    finally:
+        ours.close()
+    return pid
+
+
+def start(message, fds):
+    """Hand the job to the spare child, or fork its process; its report ("ok" or the failed
+    step) is read when it arrives (main loop), so the zygote goes on while it sets up."""
+    report_read, report_write = os.pipe()
+    pid = hand_to_spare(report_write, fds)
+    if pid is None:
+        pid = os.fork()
+        if pid == 0:
+            os.close(report_read)
+            run_job(fds, report_write)
     os.close(report_write)
     for fd in fds:
         os.close(fd)
@@ -220,6 +271,9 @@ def reap():
         except OSError:
             pass
         _, status, usage = os.wait4(pid, 0)
+        if pid not in CHILDREN:
+            # A spare that never had a job (it could not take one): nothing to report.
+            continue
         CHILDREN.discard(pid)
         send({"op": "exit", "pid": pid, "status": status,
               "user_ms": int(usage.ru_utime * 1000), "system_ms": int(usage.ru_stime * 1000),
@@ -238,7 +292,11 @@ def main():
     gc.freeze()
     send({"op": "ready", "pid": os.getpid()})
     while True:
-        ready, _, _ = select.select([CONTROL, wake_read, *REPORTS], [], [])
+        watched = [CONTROL, wake_read, *REPORTS]
+        if SPARE is None and not select.select(watched, [], [], 0)[0]:
+            # Nothing to do this instant: time to fork the next spare.
+            fork_spare()
+        ready, _, _ = select.select(watched, [], [])
         for fd in ready:
             if fd in REPORTS:
                 read_report(fd)

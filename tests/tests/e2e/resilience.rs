@@ -190,3 +190,103 @@ fn a_hello_with_another_protocol_version_gets_a_clear_error_and_the_connection_c
         "{reply:?}"
     );
 }
+
+/// `(pid, ppid, cmdline)` of every process.
+fn processes() -> Vec<(i32, i32, String)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let ppid = status
+                .lines()
+                .find_map(|line| line.strip_prefix("PPid:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            Some((pid, ppid, String::from_utf8_lossy(&cmdline).into_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_python_zygotes_spare_child_serves_one_job_and_dies_with_the_zygote() {
+    let nox = Nox::start_default();
+    let Some(executor) = nox.executor_pid() else {
+        panic!("no executor pid");
+    };
+    let first = nox.run_py("import os\nprint(os.getpid(), os.getpgid(0))");
+    assert_eq!(first["returncode"], 0, "{first}");
+    let zygote = processes()
+        .into_iter()
+        .find(|(_, ppid, cmdline)| *ppid == executor && cmdline.contains("nox Python zygote"))
+        .map(|(pid, ..)| pid)
+        .expect("the zygote runs after a Python job");
+    // Once the zygote is idle, a spare child waits beside it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let spare = loop {
+        let children: Vec<i32> = processes()
+            .into_iter()
+            .filter(|(_, ppid, _)| *ppid == zygote)
+            .map(|(pid, ..)| pid)
+            .collect();
+        if let [spare] = children[..] {
+            break spare;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "children of the zygote: {children:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The next job is that spare: its own process, its own group, the job's details.
+    let second = nox.run_py("import os\nprint(os.getpid(), os.getpgid(0))");
+    let ids: Vec<i32> = second["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    assert_eq!(ids, vec![spare, spare], "{second}");
+    let first_pid = first["stdout"].as_str().unwrap_or_default();
+    assert!(
+        !first_pid.starts_with(&format!("{spare} ")),
+        "{first} {second}"
+    );
+    // The zygote killed, its spare goes with it, and the next Python job starts a new one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let spare = loop {
+        if let Some((pid, ..)) = processes()
+            .into_iter()
+            .find(|(pid, ppid, _)| *ppid == zygote && *pid != spare)
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new spare after the second job"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the zygote");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{spare}/status")).exists()
+        && std::fs::read_to_string(format!("/proc/{spare}/status"))
+            .is_ok_and(|status| !status.contains("State:\tZ"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the spare {spare} outlived its zygote"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let third = nox.run_py("print('after')");
+    assert_eq!(third["stdout"], "after\n", "{third}");
+}
