@@ -582,3 +582,19 @@ async fn running_jobs_never_changes_the_ids_of_the_executors_own_threads() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_warm_python_job_that_starts_threads_waits_for_them_as_python_does() {
+    // The zygote does not import threading (its after-fork hook is dear): a job that does
+    // still has its non-daemon threads joined before the process ends.
+    let ran = python(
+        "import threading, time\ndef late():\n    time.sleep(0.2)\n    print('thread done', threading.current_thread().name)\nthreading.Thread(target=late, name='worker').start()\nprint('main done', threading.main_thread() is threading.current_thread())",
+    )
+    .await;
+    assert_eq!(
+        ran.stdout, "main done True\nthread done worker\n",
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(0));
+}
