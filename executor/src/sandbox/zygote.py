@@ -37,6 +37,11 @@ CONTROL = socket.socket(fileno=3)
 with open(4, "rb") as program_file:
     PROGRAM = program_file.read()
 LIBC = ctypes.CDLL(None, use_errno=True)
+# Looked up, and the capset arguments built, here once: in a job's process each first use
+# would allocate (and copy pages) anew.
+PRCTL, SYSCALL = LIBC.prctl, LIBC.syscall
+CAP_HEADER = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+CAP_DATA = (ctypes.c_uint32 * 6)()
 
 
 class SockFprog(ctypes.Structure):
@@ -44,6 +49,7 @@ class SockFprog(ctypes.Structure):
 
 
 FPROG = SockFprog(len(PROGRAM) // 8, PROGRAM)
+FPROG_REF = ctypes.byref(FPROG)
 CHILDREN = set()
 # The spare child: (pid, the zygote's end of its socket pair), or None.
 SPARE = None
@@ -55,12 +61,15 @@ REPORTS = {}
 def drop_capabilities():
     """Empty every capability set: the zygote keeps CAP_SETUID, CAP_SETGID and CAP_KILL
     (to give each job its workspace's uid and to kill job groups); a job keeps none."""
-    if LIBC.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+    if PRCTL(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "PR_CAP_AMBIENT_CLEAR_ALL")
-    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)()
-    if LIBC.syscall(SYS_CAPSET, header, data) != 0:
+    if SYSCALL(SYS_CAPSET, CAP_HEADER, CAP_DATA) != 0:
         raise OSError(ctypes.get_errno(), "capset")
+
+
+def read_whole(fd):
+    """All of a memfd's bytes, without building file objects."""
+    return os.pread(fd, os.fstat(fd).st_size, 0)
 
 
 def send(message):
@@ -76,8 +85,7 @@ def run_job(fds, report):
         stdin, stdout, stderr, workdir, code_fd, spec_fd = fds[:6]
         # The job's details arrive here, read only by this process: the zygote never
         # parses them, so no later fork inherits them in its memory.
-        with open(spec_fd, "rb", closefd=False) as f:
-            spec = json.loads(f.read())
+        spec = json.loads(read_whole(spec_fd))
         extra = dict(zip(spec["extra"], fds[6:]))
         landlock = extra.get("landlock", -1)
         if "cgroup" in extra:
@@ -88,8 +96,7 @@ def run_job(fds, report):
         os.dup2(stdin, 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
-        with open(code_fd, "rb", closefd=False) as f:
-            source = f.read()
+        source = read_whole(code_fd)
         step = "rlimits"
         for resource_id, soft, hard in spec["rlimits"]:
             resource.setrlimit(resource_id, (soft, hard))
@@ -119,11 +126,11 @@ def run_job(fds, report):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if landlock >= 0:
             step = "landlock_restrict_self"
-            if LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, landlock, 0) != 0:
+            if SYSCALL(SYS_LANDLOCK_RESTRICT_SELF, landlock, 0) != 0:
                 raise OSError(ctypes.get_errno(), "landlock_restrict_self")
             os.close(landlock)
         step = "seccomp filter"
-        if LIBC.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(FPROG)) != 0:
+        if SYSCALL(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0, FPROG_REF) != 0:
             raise OSError(ctypes.get_errno(), "seccomp")
         os.write(report, b"ok")
         os.close(report)
@@ -187,7 +194,7 @@ def fork_spare():
         try:
             ours.close()
             os.setpgid(0, 0)
-            if LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != ZYGOTE_PID:
+            if PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != ZYGOTE_PID:
                 os._exit(0)
             _, fds, _, _ = socket.recv_fds(theirs, 16, 16)
             theirs.close()
@@ -324,8 +331,8 @@ def main():
     signal.signal(signal.SIGCHLD, lambda *_: None)
     # The compiler and the JSON decoder set up what they keep between calls on first use:
     # done here once, not in every job's process (compiling print(1) in a fresh fork
-    # copied ~180 pages, ~25 after this).
-    compile(WARM_UP, "<warm-up>", "exec", dont_inherit=True)
+    # copied ~180 pages, ~15 after this). Bytes, as a job's source arrives.
+    compile(WARM_UP.encode(), "<warm-up>", "exec", dont_inherit=True)
     json.loads('{"env": {"A": "b"}, "rlimits": [[1, 2, 3]], "user": null, "x": 1.5}')
     # Everything made so far goes to the permanent generation: the collector in a job's
     # process never walks (and so never copies) those pages.
