@@ -82,6 +82,8 @@ pub(crate) struct AppState {
     /// `GET /openapi.json`, built once.
     pub openapi: Bytes,
     pub cpu: host::CpuSampler,
+    /// The executor's status as `/health` last read it.
+    pub health: health::Recent,
     /// Cancelled by `POST /actions/restart`.
     pub restart: CancellationToken,
 }
@@ -178,6 +180,7 @@ fn app_state(
         metrics,
         openapi,
         cpu: host::CpuSampler::default(),
+        health: health::Recent::default(),
         restart: CancellationToken::new(),
     };
     tracing::info!(
