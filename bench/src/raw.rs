@@ -1,8 +1,8 @@
 //! The load generator of the throughput cells: HTTP/1.1 on one kept-alive TCP connection,
 //! written and parsed by hand, as wrk does, so that on a 2-core machine the client takes
 //! as little CPU from nox as it can (hyper's client, with its connection task beside the
-//! requests, took about as much as the frontend). Every reply is still read whole, its
-//! status taken and its body returned for checking.
+//! requests, reached 29k req/s on `/health` at c=32 where wrk reached 37k-41k). Every reply
+//! is still read whole, its status taken and its body returned for checking.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
