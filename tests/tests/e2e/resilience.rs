@@ -17,6 +17,9 @@ fn a_dead_executor_gives_a_quick_503_and_a_restarted_one_serves_again() {
 
     nox.kill_executor();
     let started = Instant::now();
+    // `/health` may repeat, for 20 ms, what the executor said last (the instance's own
+    // start polled it just now): past that it must ask again and see the executor gone.
+    std::thread::sleep(Duration::from_millis(30));
     let health = nox.client().health();
     let body = health.expect_error(503, "executor_unavailable");
     assert_eq!(body["status"], "unavailable", "{body}");
