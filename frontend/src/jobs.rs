@@ -28,6 +28,38 @@ use crate::api_types::{
 use crate::body::{self, Body};
 use crate::executor::{Connection, ExecutorError};
 
+/// How long after the executor refused a job as busy (its queue full) the frontend refuses
+/// the next ones itself, with the same answer, without asking it.
+pub const BUSY_HINT: Duration = Duration::from_millis(2);
+
+/// The executor's last "busy" refusal, and when: under a flood of jobs (clients that retry
+/// at once) each refusal otherwise costs a round trip to the executor, and the flood waits
+/// on those. For [`BUSY_HINT`] afterwards jobs are refused here; then the executor is asked
+/// again, so a free place in its queue is found at most that much later.
+#[derive(Debug, Default)]
+pub struct BusyHint(std::sync::Mutex<Option<(Instant, nox_protocol::WireError)>>);
+
+impl BusyHint {
+    /// The refusal to repeat, while it is fresh.
+    fn current(&self) -> Option<nox_protocol::WireError> {
+        let last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < BUSY_HINT)
+            .map(|(_, wire)| wire.clone())
+    }
+
+    fn note(&self, wire: &nox_protocol::WireError) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((Instant::now(), wire.clone()));
+    }
+}
+
 /// Which of the two run endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Language {
@@ -124,6 +156,11 @@ pub async fn run(
             "code and stdin together are larger than {MAX_JOB_INPUT_LEN} bytes"
         )));
     }
+    if let Some(wire) = state.busy.current() {
+        state.metrics.job_refused(language.label());
+        tracing::debug!(job_id, error = %wire, "job refused: the executor's queue was full just now");
+        return Err(ApiError::wire(&wire));
+    }
     tracing::info!(
         job_id,
         workspace,
@@ -150,6 +187,9 @@ pub async fn run(
             state.executor.release(connection);
             state.metrics.job_refused(language.label());
             tracing::info!(job_id, error = %wire, "job refused");
+            if wire.kind == nox_protocol::ErrorKind::Busy {
+                state.busy.note(&wire);
+            }
             return Err(ApiError::wire(&wire));
         }
         other => return Err(ExecutorError::unexpected("Started", other).into()),
@@ -594,6 +634,17 @@ fn incomplete_tail_start(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_refusal_is_repeated_only_within_the_hint() {
+        let hint = BusyHint::default();
+        assert_eq!(hint.current(), None);
+        let wire = nox_protocol::WireError::new(nox_protocol::ErrorKind::Busy, "queue full");
+        hint.note(&wire);
+        assert_eq!(hint.current(), Some(wire));
+        std::thread::sleep(BUSY_HINT + Duration::from_millis(3));
+        assert_eq!(hint.current(), None, "repeated past {BUSY_HINT:?}");
+    }
 
     #[test]
     fn accept_picks_the_first_streaming_type() {

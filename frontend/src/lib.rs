@@ -84,6 +84,8 @@ pub(crate) struct AppState {
     pub cpu: host::CpuSampler,
     /// The executor's status as `/health` last read it.
     pub health: health::Recent,
+    /// The executor's last "busy" refusal of a job.
+    pub busy: jobs::BusyHint,
     /// Cancelled by `POST /actions/restart`.
     pub restart: CancellationToken,
 }
@@ -181,6 +183,7 @@ fn app_state(
         openapi,
         cpu: host::CpuSampler::default(),
         health: health::Recent::default(),
+        busy: jobs::BusyHint::default(),
         restart: CancellationToken::new(),
     };
     tracing::info!(

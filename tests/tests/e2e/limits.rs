@@ -173,3 +173,56 @@ fn an_upload_over_the_limit_is_refused_with_413_and_not_saved() {
     assert!(!nox.workspace("default").join("too-big.bin").exists());
     assert!(!nox.workspace("default").join("too-big-2.bin").exists());
 }
+
+#[test]
+fn a_full_queue_answers_503_busy_at_once_and_a_freed_place_is_used_at_once() {
+    // One job at a time, no queue: while one runs, every other is refused.
+    let nox = Nox::builder()
+        .executor_env("NOX_EXECUTOR__MAX_CONCURRENT_JOBS", "1")
+        .executor_env("NOX_EXECUTOR__MAX_QUEUED_JOBS", "0")
+        .start();
+    std::thread::scope(|scope| {
+        let long = scope.spawn(|| nox.run_sh("sleep 1.5; echo long"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while nox.client().health().expect_json(200)["executor"]["jobs_running"] != 1 {
+            assert!(Instant::now() < deadline, "the long job never ran");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The first refusal comes from the executor, the next ones (within 2 ms of a
+        // refusal) from the frontend itself: the same answer either way.
+        for attempt in 0..20 {
+            let started = Instant::now();
+            let reply = nox
+                .client()
+                .post_json("/run_sh", &json!({ "cmd": "echo refused" }));
+            let body = reply.expect_error(503, "busy");
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "attempt {attempt}: the refusal took {:?}: {body}",
+                started.elapsed()
+            );
+        }
+        let response = nox.client().send(
+            "POST",
+            "/run_py",
+            &[("Content-Type", "application/json")],
+            Some(
+                json!({ "code": "print('refused')" })
+                    .to_string()
+                    .into_bytes(),
+            ),
+        );
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(
+            response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok()),
+            Some("1")
+        );
+        assert_eq!(long.join().expect("the long job")["stdout"], "long\n");
+    });
+    // The place is free again: a job asked for a few milliseconds later runs.
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(nox.run_sh("echo again")["stdout"], "again\n");
+}
