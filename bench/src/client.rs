@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use hyper::client::conn::http1::SendRequest;
-use hyper::{HeaderMap, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 
@@ -96,7 +96,6 @@ pub(crate) fn post_json(
 /// A whole reply.
 pub(crate) struct Reply {
     pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
 }
 
@@ -117,7 +116,7 @@ pub(crate) async fn send(
     let body = body.collect().await?.to_bytes();
     Ok(Reply {
         status: parts.status,
-        headers: parts.headers,
+
         body,
     })
 }

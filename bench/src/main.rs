@@ -486,11 +486,11 @@ async fn load(
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let request = raw::encode(endpoint.request(port, &token, n)?).await?;
                 let begun = Instant::now();
-                let (status, body) = connection.exchange(&request).await?;
+                let reply = connection.exchange(&request).await?;
                 latencies.push(begun.elapsed());
-                if !(200..300).contains(&status) {
+                if !(200..300).contains(&reply.status) {
                     errors += 1;
-                } else if !endpoint.correct(&body, n) {
+                } else if !endpoint.correct(&reply.body, n) {
                     wrong += 1;
                 }
             }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::client::{self, Conn};
+use crate::client;
+use crate::raw::{self, RawConn};
 use crate::{Check, Failure, Nox, RssSampler, mib, percentile, status_kib};
 
 /// What each job does: long enough that the slots stay busy and the queue fills.
@@ -65,7 +66,7 @@ async fn client(
     counter: Arc<AtomicU64>,
     samples: mpsc::UnboundedSender<Sample>,
 ) -> Result<(), Failure> {
-    let mut conn: Conn<_> = client::connect(port).await?;
+    let mut conn = RawConn::connect(port).await?;
     if refused == Refused::WaitsRetryAfter {
         let first = counter.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs_f64(fraction(first))).await;
@@ -79,14 +80,12 @@ async fn client(
             format!(r#"{{"cmd":"{JOB} {n}"}}"#),
             None,
         )?;
+        let request = raw::encode(request).await?;
         let begun = Instant::now();
         let mut pause = Duration::ZERO;
-        let outcome = match client::send(&mut conn, request).await {
-            Ok(reply) if reply.status.as_u16() == 503 => {
-                let retry_after = reply
-                    .headers
-                    .get("retry-after")
-                    .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok());
+        let outcome = match conn.exchange(&request).await {
+            Ok(reply) if reply.status == 503 => {
+                let retry_after = reply.retry_after;
                 if refused == Refused::WaitsRetryAfter {
                     pause =
                         Duration::from_secs(retry_after.unwrap_or(1)).mul_f64(1.0 + fraction(n));
@@ -95,15 +94,16 @@ async fn client(
                     retry_after: retry_after.is_some(),
                 }
             }
-            Ok(reply) if reply.status.is_success() => {
-                let json = reply.json();
+            Ok(reply) if (200..300).contains(&reply.status) => {
+                let json: serde_json::Value =
+                    serde_json::from_slice(&reply.body).unwrap_or_default();
                 Outcome::Admitted {
                     correct: json["returncode"] == 0 && json["stdout"] == format!("{n}\n"),
                 }
             }
             Ok(_) => Outcome::OtherStatus,
             Err(_) => {
-                conn = client::connect(port).await?;
+                conn = RawConn::connect(port).await?;
                 Outcome::Failed
             }
         };

@@ -12,6 +12,14 @@ use tokio::net::TcpStream;
 
 use crate::Failure;
 
+/// One response: its status, its `Retry-After` in seconds (when it has a number there) and
+/// its body.
+pub(crate) struct RawReply {
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<u64>,
+    pub(crate) body: Vec<u8>,
+}
+
 /// One connection to 127.0.0.1.
 pub(crate) struct RawConn {
     stream: TcpStream,
@@ -48,18 +56,22 @@ impl RawConn {
         })
     }
 
-    /// Send one request (bytes from [`encode`]) and read its response: status and body.
-    pub(crate) async fn exchange(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>), Failure> {
+    /// Send one request (bytes from [`encode`]) and read its response.
+    pub(crate) async fn exchange(&mut self, request: &[u8]) -> Result<RawReply, Failure> {
         self.stream.write_all(request).await?;
         loop {
-            if let Some((status, start, length)) = head(&self.buffer)? {
-                let end = start + length;
+            if let Some(head) = head(&self.buffer)? {
+                let end = head.start + head.length;
                 while self.buffer.len() < end {
                     self.fill().await?;
                 }
-                let body = self.buffer[start..end].to_vec();
+                let body = self.buffer[head.start..end].to_vec();
                 self.buffer.drain(..end);
-                return Ok((status, body));
+                return Ok(RawReply {
+                    status: head.status,
+                    retry_after: head.retry_after,
+                    body,
+                });
             }
             self.fill().await?;
         }
@@ -73,8 +85,18 @@ impl RawConn {
     }
 }
 
-/// The status, where the body starts and its length, once `buffer` holds a whole head.
-fn head(buffer: &[u8]) -> Result<Option<(u16, usize, usize)>, Failure> {
+/// What the head of a response says.
+#[derive(Debug, PartialEq)]
+struct Head {
+    status: u16,
+    retry_after: Option<u64>,
+    /// Where the body starts in the buffer, and its length.
+    start: usize,
+    length: usize,
+}
+
+/// The head, once `buffer` holds a whole one.
+fn head(buffer: &[u8]) -> Result<Option<Head>, Failure> {
     let Some(at) = buffer.windows(4).position(|window| window == b"\r\n\r\n") else {
         return Ok(None);
     };
@@ -85,18 +107,25 @@ fn head(buffer: &[u8]) -> Result<Option<(u16, usize, usize)>, Failure> {
         .and_then(|line| line.split(' ').nth(1))
         .and_then(|code| code.parse().ok())
         .ok_or("no status line")?;
-    let mut length = None;
+    let (mut length, mut retry_after) = (None, None);
     for line in lines {
         let (name, value) = line
             .split_once(':')
             .ok_or("a header line without a colon")?;
         if name.eq_ignore_ascii_case("content-length") {
             length = Some(value.trim().parse()?);
+        } else if name.eq_ignore_ascii_case("retry-after") {
+            retry_after = value.trim().parse().ok();
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err("a chunked response: this client reads only Content-Length".into());
         }
     }
-    Ok(Some((status, at + 4, length.unwrap_or(0))))
+    Ok(Some(Head {
+        status,
+        retry_after,
+        start: at + 4,
+        length: length.unwrap_or(0),
+    }))
 }
 
 #[cfg(test)]
@@ -108,7 +137,13 @@ mod tests {
         assert_eq!(head(b"HTTP/1.1 200 OK\r\ncontent-len").unwrap(), None);
         let response =
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\nretry-after: 1\r\n\r\n{}";
-        assert_eq!(head(response).unwrap(), Some((503, response.len() - 2, 2)));
+        let expected = Head {
+            status: 503,
+            retry_after: Some(1),
+            start: response.len() - 2,
+            length: 2,
+        };
+        assert_eq!(head(response).unwrap(), Some(expected));
         assert!(head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
     }
 }
