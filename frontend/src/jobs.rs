@@ -35,7 +35,8 @@ pub const BUSY_HINT: Duration = Duration::from_millis(2);
 /// The executor's last "busy" refusal, and when: under a flood of jobs (clients that retry
 /// at once) each refusal otherwise costs a round trip to the executor, and the flood waits
 /// on those. For [`BUSY_HINT`] afterwards jobs are refused here; then the executor is asked
-/// again, so a free place in its queue is found at most that much later.
+/// again. Any job of this frontend that ends (finished, failed, or its client gone) frees a
+/// place and clears the hint at once, so a place freed here is never refused.
 #[derive(Debug, Default)]
 pub struct BusyHint(std::sync::Mutex<Option<(Instant, nox_protocol::WireError)>>);
 
@@ -49,6 +50,13 @@ impl BusyHint {
         last.as_ref()
             .filter(|(at, _)| at.elapsed() < BUSY_HINT)
             .map(|(_, wire)| wire.clone())
+    }
+
+    fn clear(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     fn note(&self, wire: &nox_protocol::WireError) {
@@ -202,6 +210,7 @@ pub async fn run(
         job_id: job_id.to_owned(),
         language,
         queued_ms: started.queued_ms,
+        busy: Arc::clone(&state.busy),
     };
     match mode {
         OutputMode::Json => collect(&state, job, &started).await,
@@ -308,6 +317,8 @@ struct RunningJob {
     job_id: String,
     language: Language,
     queued_ms: u64,
+    /// Cleared when the job ends: its place in the executor is free.
+    busy: Arc<BusyHint>,
 }
 
 impl RunningJob {
@@ -347,6 +358,7 @@ impl RunningJob {
 
 impl Drop for RunningJob {
     fn drop(&mut self) {
+        self.busy.clear();
         let Some(mut connection) = self.connection.take() else {
             return;
         };
@@ -529,6 +541,7 @@ impl JobEvents {
                         job_id: String::new(),
                         language,
                         queued_ms: 0,
+                        busy: Arc::clone(&self.state.busy),
                     },
                 );
                 job.finish(&self.state, &outcome);
@@ -641,7 +654,11 @@ mod tests {
         assert_eq!(hint.current(), None);
         let wire = nox_protocol::WireError::new(nox_protocol::ErrorKind::Busy, "queue full");
         hint.note(&wire);
-        assert_eq!(hint.current(), Some(wire));
+        assert_eq!(hint.current(), Some(wire.clone()));
+        // A job ended: its place is free, ask the executor again.
+        hint.clear();
+        assert_eq!(hint.current(), None);
+        hint.note(&wire);
         std::thread::sleep(BUSY_HINT + Duration::from_millis(3));
         assert_eq!(hint.current(), None, "repeated past {BUSY_HINT:?}");
     }

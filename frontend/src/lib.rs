@@ -85,7 +85,7 @@ pub(crate) struct AppState {
     /// The executor's status as `/health` last read it.
     pub health: health::Recent,
     /// The executor's last "busy" refusal of a job.
-    pub busy: jobs::BusyHint,
+    pub busy: Arc<jobs::BusyHint>,
     /// Cancelled by `POST /actions/restart`.
     pub restart: CancellationToken,
 }
@@ -183,7 +183,7 @@ fn app_state(
         openapi,
         cpu: host::CpuSampler::default(),
         health: health::Recent::default(),
-        busy: jobs::BusyHint::default(),
+        busy: Arc::default(),
         restart: CancellationToken::new(),
     };
     tracing::info!(
