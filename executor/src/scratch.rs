@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+
 /// Emptied directories kept, over all uids; past this many, one is removed instead.
 const KEPT: usize = 64;
 
@@ -82,15 +84,24 @@ impl Scratches {
                 .map(|at| kept.swap_remove(at).path)
         };
         if let Some(kept) = kept {
-            // Its owner is the job's already; the job may have changed its mode.
-            let reused = std::fs::rename(&kept, path).and_then(|()| {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-            });
-            match reused {
-                Ok(()) => return Ok(()),
+            // Never over something already there (as a new directory would not be).
+            let renamed = renameat2(
+                AT_FDCWD,
+                &kept,
+                AT_FDCWD,
+                path,
+                RenameFlags::RENAME_NOREPLACE,
+            );
+            match renamed {
+                // Its owner is the job's already; the job may have changed its mode.
+                Ok(()) => match std::fs::set_permissions(path, PermissionsExt::from_mode(0o700)) {
+                    Ok(()) => return Ok(()),
+                    Err(_) => {
+                        let _ = std::fs::remove_dir_all(path);
+                    }
+                },
                 Err(_) => {
                     let _ = std::fs::remove_dir_all(&kept);
-                    let _ = std::fs::remove_dir_all(path);
                 }
             }
         }
@@ -195,6 +206,23 @@ mod tests {
         let third = scratches.path_for("job-3");
         scratches.make(&third, "w", None).unwrap();
         assert_ne!(std::fs::metadata(&third).unwrap().ino(), inode);
+    }
+
+    #[test]
+    fn a_kept_directory_never_replaces_one_already_at_the_jobs_path() {
+        let root = tempfile::tempdir().unwrap();
+        let scratches = Scratches::new(root.path().join("jobs")).unwrap();
+        let first = scratches.path_for("job-1");
+        scratches.make(&first, "w", None).unwrap();
+        scratches.release(&first, "w");
+        // Something is at the next job's path already (an id used twice): refused, as a
+        // new directory would be, and left alone.
+        let taken = scratches.path_for("job-2");
+        std::fs::create_dir(&taken).unwrap();
+        std::fs::write(taken.join("mine"), b"x").unwrap();
+        let error = scratches.make(&taken, "w", None).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert!(taken.join("mine").exists());
     }
 
     #[test]
