@@ -289,10 +289,16 @@ async fn output_past_the_cap_is_truncated_flagged_and_stops_the_job() {
 
 #[tokio::test]
 async fn python_runs_the_code_under_its_file_name_and_reports_tracebacks_cleanly() {
-    let code = "import sys\nprint(sys.argv[0], __file__.endswith('/default/run.py'), __name__)\nraise ValueError('boom')\n";
-    let ran = run(job(&unique("py"), py(code), LimitRequest::default())).await;
+    // A file name of its own: Python's traceback printer reads the source line back from
+    // the file, and other tests here write `run.py` in the same workspace concurrently.
+    let code = "import sys\nprint(sys.argv[0], __file__.endswith('/default/tb_run.py'), __name__)\nraise ValueError('boom')\n";
+    let program = Program::Python {
+        code: code.into(),
+        filename: "tb_run.py".into(),
+    };
+    let ran = run(job(&unique("py"), program, LimitRequest::default())).await;
     assert_eq!(ran.outcome.status, ExitStatus::Exited(1));
-    assert_eq!(ran.stdout, "run.py True __main__\n");
+    assert_eq!(ran.stdout, "tb_run.py True __main__\n");
     assert!(
         ran.stderr
             .starts_with("Traceback (most recent call last):\n  File \""),
@@ -301,7 +307,7 @@ async fn python_runs_the_code_under_its_file_name_and_reports_tracebacks_cleanly
     );
     assert!(
         ran.stderr
-            .contains("run.py\", line 3, in <module>\n    raise ValueError('boom')"),
+            .contains("tb_run.py\", line 3, in <module>\n    raise ValueError('boom')"),
         "{}",
         ran.stderr
     );
