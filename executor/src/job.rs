@@ -56,7 +56,13 @@ const PYTHON_BOOTSTRAP: &str = r#"def _nox_main():
         raise
     except BaseException as e:
         e = e.with_traceback(e.__traceback__.tb_next)
-        sys.excepthook(type(e), e, e.__traceback__)
+        if sys.excepthook is sys.__excepthook__:
+            # Python's own hook reads source lines back from the file, which another job
+            # may have rewritten since: print them from this job's source (linecache).
+            import traceback
+            traceback.print_exception(type(e), e, e.__traceback__)
+        else:
+            sys.excepthook(type(e), e, e.__traceback__)
         sys.exit(1)
 _nox_main()
 "#;

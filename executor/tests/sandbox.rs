@@ -288,6 +288,26 @@ async fn output_past_the_cap_is_truncated_flagged_and_stops_the_job() {
 }
 
 #[tokio::test]
+async fn a_traceback_shows_the_jobs_own_code_even_when_its_file_was_rewritten() {
+    // Two jobs saving the same file name each run their own code; their tracebacks must
+    // quote their own code too, not what the file holds by the time they fail.
+    let code =
+        "open(__file__, 'w').write('# another job wrote this\\n')\nraise ValueError('mine')\n";
+    let program = Program::Python {
+        code: code.into(),
+        filename: "rewritten.py".into(),
+    };
+    let ran = run(job(&unique("py"), program, LimitRequest::default())).await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(1));
+    assert!(
+        ran.stderr
+            .contains("rewritten.py\", line 2, in <module>\n    raise ValueError('mine')"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[tokio::test]
 async fn python_runs_the_code_under_its_file_name_and_reports_tracebacks_cleanly() {
     // A file name of its own: Python's traceback printer reads the source line back from
     // the file, and other tests here write `run.py` in the same workspace concurrently.
@@ -560,6 +580,30 @@ async fn the_cold_python_path_still_works() {
         }
     }
     assert_eq!(stdout, b"1\n");
+
+    // Its tracebacks quote the job's own code too, whatever the file holds by then.
+    let (tx, mut rx) = mpsc::channel(8);
+    let code = "open(__file__, 'w').write('# rewritten\\n')\nraise ValueError('cold')\n";
+    runner
+        .run(
+            job("cold-tb", py(code), LimitRequest::default()),
+            tx,
+            CancellationToken::new(),
+        )
+        .await;
+    let mut stderr = Vec::new();
+    while let Some(reply) = rx.recv().await {
+        match reply {
+            Reply::Output(chunk) if chunk.stream == Stream::Stderr => stderr.extend(chunk.data),
+            Reply::Finished(outcome) => assert_eq!(outcome.status, ExitStatus::Exited(1)),
+            _ => {}
+        }
+    }
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(
+        stderr.contains("run.py\", line 2, in <module>\n    raise ValueError('cold')"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

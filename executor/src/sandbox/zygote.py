@@ -162,7 +162,12 @@ def execute(spec, source):
         status = exit_status(exit)
     except BaseException as error:
         error = error.with_traceback(error.__traceback__.tb_next)
-        sys.excepthook(type(error), error, error.__traceback__)
+        if sys.excepthook is sys.__excepthook__:
+            # Python's own hook reads source lines back from the file, which another job
+            # may have rewritten since: print them from this job's source (linecache).
+            traceback.print_exception(type(error), error, error.__traceback__)
+        else:
+            sys.excepthook(type(error), error, error.__traceback__)
         status = 1
     try:
         threading = sys.modules.get("threading")
