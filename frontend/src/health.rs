@@ -5,8 +5,7 @@
 //! `/health` thousands of times a second costs the executor one status call per period.
 //! A failure is never reused: every `/health` asks again until the executor answers.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Response, StatusCode};
 use nox_protocol::{ExecutorStatus, Reply, Request};
@@ -22,30 +21,6 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long an executor status is reused by `/health`.
 pub const FRESH: Duration = Duration::from_millis(20);
-
-/// The last status the executor gave `/health`, and when.
-#[derive(Debug, Default)]
-pub struct Recent(Mutex<Option<(Instant, ExecutorStatus)>>);
-
-impl Recent {
-    fn get(&self) -> Option<ExecutorStatus> {
-        let last = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.as_ref()
-            .filter(|(at, _)| at.elapsed() < FRESH)
-            .map(|(_, status)| status.clone())
-    }
-
-    fn put(&self, status: &ExecutorStatus) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((Instant::now(), status.clone()));
-    }
-}
 
 /// Ask the executor for its status, within `within`.
 pub async fn executor_status(
@@ -71,8 +46,9 @@ pub async fn health(state: &AppState) -> Response<Body> {
     }
     match executor_status(state, HEALTH_TIMEOUT).await {
         Ok(status) => {
-            state.health.put(&status);
-            body::json(StatusCode::OK, &HealthReply::from(&status))
+            let reply = body::json(StatusCode::OK, &HealthReply::from(&status));
+            state.health.put(status);
+            reply
         }
         Err(error) => {
             tracing::warn!(error = %nox_protocol::error_chain(&error), "health: executor unavailable");
@@ -108,10 +84,10 @@ mod tests {
 
     #[test]
     fn a_status_is_reused_only_while_fresh_and_the_newest_wins() {
-        let recent = Recent::default();
+        let recent = crate::recent::Recent::new(FRESH);
         assert_eq!(recent.get(), None);
-        recent.put(&status(1));
-        recent.put(&status(2));
+        recent.put(status(1));
+        recent.put(status(2));
         assert_eq!(recent.get().map(|s| s.jobs_running), Some(2));
         std::thread::sleep(FRESH + Duration::from_millis(5));
         assert_eq!(

@@ -27,6 +27,7 @@ use crate::api_types::{
 };
 use crate::body::{self, Body};
 use crate::executor::{Connection, ExecutorError};
+use crate::recent::Recent;
 
 /// How long after the executor refused a job as busy (its queue full) the frontend refuses
 /// the next ones itself, with the same answer, without asking it.
@@ -37,36 +38,7 @@ pub const BUSY_HINT: Duration = Duration::from_millis(2);
 /// on those. For [`BUSY_HINT`] afterwards jobs are refused here; then the executor is asked
 /// again. Any job of this frontend that ends (finished, failed, or its client gone) frees a
 /// place and clears the hint at once, so a place freed here is never refused.
-#[derive(Debug, Default)]
-pub struct BusyHint(std::sync::Mutex<Option<(Instant, nox_protocol::WireError)>>);
-
-impl BusyHint {
-    /// The refusal to repeat, while it is fresh.
-    fn current(&self) -> Option<nox_protocol::WireError> {
-        let last = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.as_ref()
-            .filter(|(at, _)| at.elapsed() < BUSY_HINT)
-            .map(|(_, wire)| wire.clone())
-    }
-
-    fn clear(&self) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-    }
-
-    fn note(&self, wire: &nox_protocol::WireError) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((Instant::now(), wire.clone()));
-    }
-}
+pub type BusyHint = Recent<nox_protocol::WireError>;
 
 /// Which of the two run endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +136,7 @@ pub async fn run(
             "code and stdin together are larger than {MAX_JOB_INPUT_LEN} bytes"
         )));
     }
-    if let Some(wire) = state.busy.current() {
+    if let Some(wire) = state.busy.get() {
         state.metrics.job_refused(language.label());
         tracing::debug!(job_id, error = %wire, "job refused: the executor's queue was full just now");
         return Err(ApiError::wire(&wire));
@@ -196,7 +168,7 @@ pub async fn run(
             state.metrics.job_refused(language.label());
             tracing::info!(job_id, error = %wire, "job refused");
             if wire.kind == nox_protocol::ErrorKind::Busy {
-                state.busy.note(&wire);
+                state.busy.put(wire.clone());
             }
             return Err(ApiError::wire(&wire));
         }
@@ -650,17 +622,17 @@ mod tests {
 
     #[test]
     fn a_busy_refusal_is_repeated_only_within_the_hint() {
-        let hint = BusyHint::default();
-        assert_eq!(hint.current(), None);
+        let hint = BusyHint::new(BUSY_HINT);
+        assert_eq!(hint.get(), None);
         let wire = nox_protocol::WireError::new(nox_protocol::ErrorKind::Busy, "queue full");
-        hint.note(&wire);
-        assert_eq!(hint.current(), Some(wire.clone()));
+        hint.put(wire.clone());
+        assert_eq!(hint.get(), Some(wire.clone()));
         // A job ended: its place is free, ask the executor again.
         hint.clear();
-        assert_eq!(hint.current(), None);
-        hint.note(&wire);
+        assert_eq!(hint.get(), None);
+        hint.put(wire);
         std::thread::sleep(BUSY_HINT + Duration::from_millis(3));
-        assert_eq!(hint.current(), None, "repeated past {BUSY_HINT:?}");
+        assert_eq!(hint.get(), None, "repeated past {BUSY_HINT:?}");
     }
 
     #[test]

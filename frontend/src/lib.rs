@@ -27,6 +27,7 @@ mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod random;
+mod recent;
 mod routes;
 mod server;
 pub mod telemetry;
@@ -83,7 +84,7 @@ pub(crate) struct AppState {
     pub openapi: Bytes,
     pub cpu: host::CpuSampler,
     /// The executor's status as `/health` last read it.
-    pub health: health::Recent,
+    pub health: recent::Recent<nox_protocol::ExecutorStatus>,
     /// The executor's last "busy" refusal of a job.
     pub busy: Arc<jobs::BusyHint>,
     /// Cancelled by `POST /actions/restart`.
@@ -182,8 +183,8 @@ fn app_state(
         metrics,
         openapi,
         cpu: host::CpuSampler::default(),
-        health: health::Recent::default(),
-        busy: Arc::default(),
+        health: recent::Recent::new(health::FRESH),
+        busy: Arc::new(jobs::BusyHint::new(jobs::BUSY_HINT)),
         restart: CancellationToken::new(),
     };
     tracing::info!(
