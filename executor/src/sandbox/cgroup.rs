@@ -119,7 +119,7 @@ impl Cgroups {
                     }
                     let path = made.path.clone();
                     drop(made);
-                    remove(&path);
+                    discard(&path);
                 }
             })
             .map_err(|error| format!("cannot start the cgroup cleanup thread: {error}"))?;
@@ -294,9 +294,10 @@ fn sweep(dir: &Path, prefix: &str) {
         }
         let parent = entry.path();
         if let Ok(jobs) = std::fs::read_dir(&parent) {
-            for job in jobs.filter_map(Result::ok) {
-                if job.path().join("cgroup.procs").exists() {
-                    remove(&job.path());
+            for job in jobs.filter_map(Result::ok).map(|job| job.path()) {
+                if job.join("cgroup.procs").exists() {
+                    empty(&job);
+                    discard(&job);
                 }
             }
         }
@@ -319,22 +320,15 @@ fn empty(path: &Path) -> bool {
     }
 }
 
-/// Kill whatever is left in the job cgroup at `path`, then remove it. Gives up (and says
-/// so) after a few seconds: a task stuck in the kernel cannot be removed by anyone.
-fn remove(path: &Path) {
-    let deadline = Instant::now() + EMPTY_TIMEOUT;
-    loop {
-        match std::fs::remove_dir(path) {
-            Ok(()) => return,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return,
-            Err(_) if Instant::now() < deadline => {}
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "could not remove a job's cgroup");
-                return;
-            }
+/// Remove the job cgroup at `path`, which [`empty`] has emptied (or given up on: then this
+/// says so, since a task stuck in the kernel cannot be removed by anyone).
+fn discard(path: &Path) {
+    match std::fs::remove_dir(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "could not remove a job's cgroup");
         }
-        kill_members(path);
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
