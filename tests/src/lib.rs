@@ -122,33 +122,53 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Pids of every process but this test process, with their `/proc` directory.
+fn other_processes() -> Vec<(i32, PathBuf)> {
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            (u32::try_from(pid).ok() != Some(me)).then(|| (pid, entry.path()))
+        })
+        .collect()
+}
+
 /// Pids of processes whose command line contains `marker`, except this test process.
 pub fn processes_with(marker: &str) -> Vec<(i32, String)> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if u32::try_from(pid).is_ok_and(|pid| pid == me) {
-            continue;
-        }
-        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(marker) {
-            found.push((pid, cmdline.trim_end().to_owned()));
-        }
-    }
-    found
+    other_processes()
+        .into_iter()
+        .filter_map(|(pid, dir)| {
+            let raw = fs::read(dir.join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            cmdline
+                .contains(marker)
+                .then(|| (pid, cmdline.trim_end().to_owned()))
+        })
+        .collect()
+}
+
+/// The parent of `pid` (`PPid` in its status), `None` once it is gone.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Pids of the children of `parent`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    other_processes()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| parent_of(*pid) == Some(parent))
+        .collect()
 }
 
 /// Waits up to `within` for no process to carry `marker`; returns those still there.
@@ -323,6 +343,33 @@ impl Client {
                 .run(builder.body(()).expect("a well-formed request")),
         };
         result.unwrap_or_else(|error| panic!("{method} {path_and_query}: {error}"))
+    }
+
+    /// POSTs the JSON `body` to `endpoint` asking for NDJSON; checks the 200 and the
+    /// content type, and returns the events with when each arrived since the request.
+    pub fn stream_ndjson(&self, endpoint: &str, body: &Value) -> Vec<(Duration, Value)> {
+        let start = Instant::now();
+        let response = self.send(
+            "POST",
+            endpoint,
+            &[
+                ("Content-Type", "application/json"),
+                ("Accept", "application/x-ndjson"),
+            ],
+            Some(body.to_string().into_bytes()),
+        );
+        assert_eq!(response.status().as_u16(), 200, "POST {endpoint}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            content_type.starts_with("application/x-ndjson"),
+            "content-type {content_type}"
+        );
+        read_ndjson(response, start)
     }
 
     /// The head of a raw request: request line, `Host`, `Connection: close`,
@@ -1115,6 +1162,17 @@ pub fn read_ndjson(
         events.push((start.elapsed(), value));
     }
     events
+}
+
+/// When the first `stdout` event whose data contains `needle` arrived.
+pub fn stdout_arrival(events: &[(Duration, Value)], needle: &str) -> Duration {
+    events
+        .iter()
+        .find(|(_, event)| {
+            event["type"] == "stdout" && event["data"].as_str().is_some_and(|d| d.contains(needle))
+        })
+        .map(|(at, _)| *at)
+        .unwrap_or_else(|| panic!("no stdout event with {needle}: {events:?}"))
 }
 
 #[cfg(test)]

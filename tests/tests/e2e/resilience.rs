@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use nox_e2e::Nox;
+use nox_e2e::{Nox, children_of, parent_of, processes_with};
 use nox_protocol::codec::{decode_payload, encode_payload};
 use nox_protocol::{ErrorKind, Hello, Reply, Request};
 use serde_json::json;
@@ -194,27 +194,6 @@ fn a_hello_with_another_protocol_version_gets_a_clear_error_and_the_connection_c
     );
 }
 
-/// `(pid, ppid, cmdline)` of every process.
-fn processes() -> Vec<(i32, i32, String)> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let ppid = status
-                .lines()
-                .find_map(|line| line.strip_prefix("PPid:"))?
-                .trim()
-                .parse()
-                .ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            Some((pid, ppid, String::from_utf8_lossy(&cmdline).into_owned()))
-        })
-        .collect()
-}
-
 #[test]
 fn the_python_zygotes_spare_child_serves_one_job_and_dies_with_the_zygote() {
     let nox = Nox::start_default();
@@ -223,19 +202,15 @@ fn the_python_zygotes_spare_child_serves_one_job_and_dies_with_the_zygote() {
     };
     let first = nox.run_py("import os\nprint(os.getpid(), os.getpgid(0))");
     assert_eq!(first["returncode"], 0, "{first}");
-    let zygote = processes()
+    let zygote = processes_with("nox Python zygote")
         .into_iter()
-        .find(|(_, ppid, cmdline)| *ppid == executor && cmdline.contains("nox Python zygote"))
-        .map(|(pid, ..)| pid)
+        .map(|(pid, _)| pid)
+        .find(|pid| parent_of(*pid) == Some(executor))
         .expect("the zygote runs after a Python job");
     // Once the zygote is idle, a spare child waits beside it.
     let deadline = Instant::now() + Duration::from_secs(5);
     let spare = loop {
-        let children: Vec<i32> = processes()
-            .into_iter()
-            .filter(|(_, ppid, _)| *ppid == zygote)
-            .map(|(pid, ..)| pid)
-            .collect();
+        let children = children_of(zygote);
         if let [spare] = children[..] {
             break spare;
         }
@@ -262,10 +237,7 @@ fn the_python_zygotes_spare_child_serves_one_job_and_dies_with_the_zygote() {
     // The zygote killed, its spare goes with it, and the next Python job starts a new one.
     let deadline = Instant::now() + Duration::from_secs(5);
     let spare = loop {
-        if let Some((pid, ..)) = processes()
-            .into_iter()
-            .find(|(pid, ppid, _)| *ppid == zygote && *pid != spare)
-        {
+        if let Some(pid) = children_of(zygote).into_iter().find(|pid| *pid != spare) {
             break pid;
         }
         assert!(

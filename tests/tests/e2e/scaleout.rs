@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use nox_e2e::{Client, Nox, Reply, free_port, read_ndjson};
+use nox_e2e::{Client, Nox, Reply, free_port, stdout_arrival};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -629,46 +629,16 @@ fn jobs_and_streamed_output_pass_through_nginx_for_every_token() {
         // NDJSON: the two lines arrive through nginx as the job writes them, a second apart.
         let code =
             "import time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second', flush=True)\n";
-        let start = Instant::now();
-        let response = client.send(
-            "POST",
-            "/run_py",
-            &[
-                ("Content-Type", "application/json"),
-                ("Accept", "application/x-ndjson"),
-            ],
-            Some(json!({ "code": code }).to_string().into_bytes()),
-        );
-        assert_eq!(response.status().as_u16(), 200);
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        assert!(
-            content_type.starts_with("application/x-ndjson"),
-            "content-type {content_type}"
-        );
-        let events = read_ndjson(response, start);
+        let events = client.stream_ndjson("/run_py", &json!({ "code": code }));
         assert_eq!(
             events.first().map(|(_, event)| event["type"].clone()),
             Some(json!("started")),
             "{events:?}"
         );
-        let at = |needle: &str| {
-            events
-                .iter()
-                .find(|(_, event)| {
-                    event["type"] == "stdout"
-                        && event["data"]
-                            .as_str()
-                            .is_some_and(|data| data.contains(needle))
-                })
-                .map(|(at, _)| *at)
-                .unwrap_or_else(|| panic!("no stdout event with {needle}: {events:?}"))
-        };
-        let (first, second) = (at("first"), at("second"));
+        let (first, second) = (
+            stdout_arrival(&events, "first"),
+            stdout_arrival(&events, "second"),
+        );
         assert!(
             second.saturating_sub(first) >= Duration::from_millis(700),
             "{}: the first line arrived at {first:?}, the second at {second:?}: buffered",

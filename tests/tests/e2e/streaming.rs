@@ -1,8 +1,8 @@
 //! Streaming: with `Accept: application/x-ndjson` output arrives as the job writes it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nox_e2e::{Nox, read_ndjson};
+use nox_e2e::{Nox, stdout_arrival};
 use serde_json::json;
 
 #[test]
@@ -10,46 +10,17 @@ fn ndjson_output_arrives_in_pieces_while_the_job_runs() {
     let nox = Nox::shared();
     let code =
         "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second', flush=True)\n";
-    let start = Instant::now();
-    let response = nox.client().send(
-        "POST",
-        "/run_py",
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", "application/x-ndjson"),
-        ],
-        Some(json!({ "code": code }).to_string().into_bytes()),
-    );
-    assert_eq!(response.status().as_u16(), 200);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/x-ndjson"),
-        "content-type {content_type}"
-    );
-    let events = read_ndjson(response, start);
+    let events = nox
+        .client()
+        .stream_ndjson("/run_py", &json!({ "code": code }));
     let kinds: Vec<&str> = events
         .iter()
         .map(|(_, event)| event["type"].as_str().unwrap_or("?"))
         .collect();
     assert_eq!(kinds.first(), Some(&"started"), "{events:?}");
     assert_eq!(kinds.last(), Some(&"finished"), "{events:?}");
-    let at = |needle: &str| {
-        events
-            .iter()
-            .find(|(_, event)| {
-                event["type"] == "stdout"
-                    && event["data"].as_str().is_some_and(|d| d.contains(needle))
-            })
-            .map(|(at, _)| *at)
-            .unwrap_or_else(|| panic!("no stdout event with {needle}: {events:?}"))
-    };
-    let first = at("first");
-    let second = at("second");
+    let first = stdout_arrival(&events, "first");
+    let second = stdout_arrival(&events, "second");
     let (finished_at, finished) = events.last().expect("events");
     assert!(
         second.saturating_sub(first) >= Duration::from_millis(1000),
@@ -63,20 +34,10 @@ fn ndjson_output_arrives_in_pieces_while_the_job_runs() {
 #[test]
 fn ndjson_carries_stderr_and_the_shell_endpoint_streams_too() {
     let nox = Nox::shared();
-    let response = nox.client().send(
-        "POST",
+    let events = nox.client().stream_ndjson(
         "/run_sh",
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", "application/x-ndjson"),
-        ],
-        Some(
-            json!({ "cmd": "echo out; echo err >&2; exit 4" })
-                .to_string()
-                .into_bytes(),
-        ),
+        &json!({ "cmd": "echo out; echo err >&2; exit 4" }),
     );
-    let events = read_ndjson(response, Instant::now());
     let joined = |kind: &str| -> String {
         events
             .iter()
