@@ -102,8 +102,12 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn run(spec: JobSpec) -> Ran {
+    run_on(Arc::clone(&fixture().runner), spec).await
+}
+
+/// Runs `spec` on `runner` and collects its output and outcome.
+async fn run_on(runner: Arc<JobRunner>, spec: JobSpec) -> Ran {
     let (tx, mut rx) = mpsc::channel(64);
-    let runner = Arc::clone(&fixture().runner);
     let task = tokio::spawn(async move { runner.run(spec, tx, CancellationToken::new()).await });
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let mut outcome = None;
@@ -558,51 +562,28 @@ async fn the_cold_python_path_still_works() {
         .await
         .unwrap()
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(8);
-    runner
-        .run(
-            job(
-                "cold",
-                py("import sys\nprint(sys.flags.isolated)"),
-                LimitRequest::default(),
-            ),
-            tx,
-            CancellationToken::new(),
-        )
-        .await;
-    let mut stdout = Vec::new();
-    while let Some(reply) = rx.recv().await {
-        match reply {
-            Reply::Output(chunk) => stdout.extend(chunk.data),
-            Reply::Finished(outcome) => assert_eq!(outcome.status, ExitStatus::Exited(0)),
-            Reply::Started(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert_eq!(stdout, b"1\n");
+    let runner = Arc::new(runner);
+    let ran = run_on(
+        Arc::clone(&runner),
+        job(
+            "cold",
+            py("import sys\nprint(sys.flags.isolated)"),
+            LimitRequest::default(),
+        ),
+    )
+    .await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(0));
+    assert_eq!(ran.stdout, "1\n");
 
     // Its tracebacks quote the job's own code too, whatever the file holds by then.
-    let (tx, mut rx) = mpsc::channel(8);
     let code = "open(__file__, 'w').write('# rewritten\\n')\nraise ValueError('cold')\n";
-    runner
-        .run(
-            job("cold-tb", py(code), LimitRequest::default()),
-            tx,
-            CancellationToken::new(),
-        )
-        .await;
-    let mut stderr = Vec::new();
-    while let Some(reply) = rx.recv().await {
-        match reply {
-            Reply::Output(chunk) if chunk.stream == Stream::Stderr => stderr.extend(chunk.data),
-            Reply::Finished(outcome) => assert_eq!(outcome.status, ExitStatus::Exited(1)),
-            _ => {}
-        }
-    }
-    let stderr = String::from_utf8_lossy(&stderr);
+    let ran = run_on(runner, job("cold-tb", py(code), LimitRequest::default())).await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(1));
     assert!(
-        stderr.contains("run.py\", line 2, in <module>\n    raise ValueError('cold')"),
-        "{stderr}"
+        ran.stderr
+            .contains("run.py\", line 2, in <module>\n    raise ValueError('cold')"),
+        "{}",
+        ran.stderr
     );
 }
 
