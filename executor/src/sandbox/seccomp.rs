@@ -204,16 +204,6 @@ fn condition(
     SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value)
 }
 
-/// The deny rules as data: syscall number → rules (any rule matching denies the call;
-/// an empty list denies it unconditionally).
-pub fn job_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
-    let mut rules = argument_rules()?;
-    for (number, _why) in denied_syscalls() {
-        rules.insert(number, Vec::new());
-    }
-    Ok(rules)
-}
-
 /// The calls denied only with some arguments: syscall number → rules (any rule matching
 /// denies the call).
 fn argument_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
@@ -426,6 +416,17 @@ pub fn job_filter() -> Result<BpfProgram, SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every deny rule as data, the way a plain seccompiler filter takes them: syscall
+    /// number → rules (any rule matching denies the call; an empty list denies it
+    /// unconditionally).
+    fn job_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
+        let mut rules = argument_rules()?;
+        for (number, _why) in denied_syscalls() {
+            rules.insert(number, Vec::new());
+        }
+        Ok(rules)
+    }
 
     #[test]
     fn the_rule_table_denies_the_escape_and_side_channel_syscalls() {
