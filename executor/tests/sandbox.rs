@@ -389,25 +389,10 @@ async fn a_required_layer_that_is_not_active_refuses_every_job() {
     // Network isolation comes from the systemd unit; outside it this layer is inactive,
     // which is exactly what a fail-closed configuration must catch.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = ExecutorConfig {
-        state_dir: dir.path().join("state"),
-        workspace_root: dir.path().join("workspaces"),
-        required_layers: vec!["seccomp".into(), "network_isolation".into()],
-        ..ExecutorConfig::default()
-    };
-    let identity = JobIdentity::resolve(&config).unwrap();
-    let workspaces = Arc::new(
-        Workspaces::new(
-            config.workspace_root.clone(),
-            identity.switches().then(|| config.tenant_uids()),
-        )
-        .unwrap(),
-    );
-    let runner = tokio::task::spawn_blocking(move || JobRunner::new(&config, identity, workspaces))
-        .await
-        .unwrap()
-        .unwrap();
+    let runner = runner_in(&dir, |config| {
+        config.required_layers = vec!["seccomp".into(), "network_isolation".into()];
+    })
+    .await;
     let status = runner.status();
     let network = status
         .layers
@@ -543,26 +528,10 @@ async fn exit_codes_and_system_exit_behave_as_in_a_fresh_interpreter() {
 #[tokio::test]
 async fn the_cold_python_path_still_works() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = ExecutorConfig {
-        state_dir: dir.path().join("state"),
-        workspace_root: dir.path().join("workspaces"),
-        python_mode: nox_executor::config::PythonMode::Cold,
-        ..ExecutorConfig::default()
-    };
-    let identity = JobIdentity::resolve(&config).unwrap();
-    let workspaces = Arc::new(
-        Workspaces::new(
-            config.workspace_root.clone(),
-            identity.switches().then(|| config.tenant_uids()),
-        )
-        .unwrap(),
-    );
-    let runner = tokio::task::spawn_blocking(move || JobRunner::new(&config, identity, workspaces))
-        .await
-        .unwrap()
-        .unwrap();
-    let runner = Arc::new(runner);
+    let runner = runner_in(&dir, |config| {
+        config.python_mode = nox_executor::config::PythonMode::Cold;
+    })
+    .await;
     let ran = run_on(
         Arc::clone(&runner),
         job(
@@ -628,4 +597,316 @@ async fn a_warm_python_job_that_starts_threads_waits_for_them_as_python_does() {
         ran.stderr
     );
     assert_eq!(ran.outcome.status, ExitStatus::Exited(0));
+}
+
+/// A runner of its own in `dir`, on the defaults changed by `configure` (and room for 8
+/// jobs at once): so that no other test takes its spare, or for a setting of its own.
+async fn runner_in(
+    dir: &tempfile::TempDir,
+    configure: impl FnOnce(&mut ExecutorConfig),
+) -> Arc<JobRunner> {
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut config = ExecutorConfig {
+        state_dir: dir.path().join("state"),
+        workspace_root: dir.path().join("workspaces"),
+        max_concurrent_jobs: 8,
+        ..ExecutorConfig::default()
+    };
+    configure(&mut config);
+    let identity = JobIdentity::resolve(&config).unwrap();
+    let workspaces = Arc::new(
+        Workspaces::new(
+            config.workspace_root.clone(),
+            identity.switches().then(|| config.tenant_uids()),
+        )
+        .unwrap(),
+    );
+    let runner = tokio::task::spawn_blocking(move || JobRunner::new(&config, identity, workspaces))
+        .await
+        .unwrap()
+        .unwrap();
+    Arc::new(runner)
+}
+
+async fn own_runner(dir: &tempfile::TempDir) -> Arc<JobRunner> {
+    runner_in(dir, |_| {}).await
+}
+
+/// The spare waiting in `runner`, once there is one.
+async fn waiting_spare(runner: &JobRunner) -> i32 {
+    for _ in 0..500 {
+        if let Some(pid) = runner.spare_pid() {
+            return pid;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no spare process within 5 s");
+}
+
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .map(|value| value.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing_of_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = own_runner(&dir).await;
+    let spare = waiting_spare(&runner).await;
+    // Cloned, it joins its cgroup (at once, or after the kernel's grace period).
+    for _ in 0..500 {
+        if pids_cgroup_of(spare).contains("/job-") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        pids_cgroup_of(spare).contains("/job-"),
+        "the spare waits in a job cgroup"
+    );
+    assert_holds_nothing_of_ours(spare);
+    let limits = LimitRequest {
+        max_processes: Some(9),
+        ..LimitRequest::default()
+    };
+    let ran = run_on(
+        Arc::clone(&runner),
+        job(
+            "on-spare",
+            sh(concat!(
+                "echo $$; grep -E '^Sig(Blk|Ign)' /proc/self/status; ls /proc/self/fd; ",
+                "v1=$(sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup); ",
+                "if [ -n \"$v1\" ]; then cat /sys/fs/cgroup/pids$v1/pids.max; ",
+                "else cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/pids.max; fi",
+            )),
+            limits,
+        ),
+    )
+    .await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(0), "{}", ran.stderr);
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines[0], spare.to_string(), "{}", ran.stdout);
+    // No signal blocked, no standard one ignored (SIGPIPE above all); stdio and `ls`'s own
+    // directory only.
+    let mask =
+        |line: &str| u64::from_str_radix(line.rsplit(['\t', ' ']).next().unwrap(), 16).unwrap();
+    assert_eq!(mask(lines[1]), 0, "{}", ran.stdout);
+    assert_eq!(mask(lines[2]) & 0x7fff_ffff, 0, "{}", ran.stdout);
+    assert_eq!(lines[3..7], ["0", "1", "2", "3"], "{}", ran.stdout);
+    // Its cgroup holds the job's own limit.
+    assert_eq!(lines[7], "9", "{}", ran.stdout);
+}
+
+/// While a spare waits it holds its socket (on 0..16 and its own number) and nothing else:
+/// no pipe of a job that was starting when it was cloned, no connection of ours; and every
+/// signal is blocked.
+fn assert_holds_nothing_of_ours(spare: i32) {
+    let mut targets = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{spare}/fd")).unwrap() {
+        targets.insert(std::fs::read_link(entry.unwrap().path()).unwrap());
+    }
+    assert_eq!(targets.len(), 1, "the spare holds {targets:?}");
+    assert!(
+        targets
+            .iter()
+            .all(|t| t.to_string_lossy().starts_with("socket:")),
+        "{targets:?}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{spare}/status")).unwrap();
+    let blocked = u64::from_str_radix(&status_field(&status, "SigBlk:"), 16).unwrap();
+    // Every standard signal but SIGKILL and SIGSTOP, which cannot be blocked.
+    let standard = (1..=31)
+        .filter(|signal| ![9, 19].contains(signal))
+        .fold(0u64, |mask, signal| mask | 1 << (signal - 1));
+    assert_eq!(
+        blocked & standard,
+        standard,
+        "waits with signals blocked: {blocked:x}"
+    );
+}
+
+#[tokio::test]
+async fn a_spare_cloned_while_we_hold_descriptors_keeps_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = own_runner(&dir).await;
+    let first = waiting_spare(&runner).await;
+    // Descriptors the next spare is cloned with: low, and far above its socket.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    let high = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(900)).unwrap();
+    run_on(
+        Arc::clone(&runner),
+        job("take-it", sh("true"), LimitRequest::default()),
+    )
+    .await;
+    let next = waiting_spare(&runner).await;
+    assert_ne!(next, first);
+    assert_holds_nothing_of_ours(next);
+    nix::unistd::close(high).unwrap();
+    drop((read, write));
+}
+
+#[tokio::test]
+async fn a_spare_that_died_is_replaced_by_a_fork_and_the_job_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = own_runner(&dir).await;
+    let spare = waiting_spare(&runner).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spare),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let ran = run_on(
+        Arc::clone(&runner),
+        job("after-kill", sh("echo $$"), LimitRequest::default()),
+    )
+    .await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(0), "{}", ran.stderr);
+    assert_ne!(ran.stdout.trim(), spare.to_string());
+    // And a new spare takes the next job.
+    let next = waiting_spare(&runner).await;
+    assert_ne!(next, spare);
+    let ran = run_on(runner, job("next", sh("echo $$"), LimitRequest::default())).await;
+    assert_eq!(ran.stdout.trim(), next.to_string());
+}
+
+/// Children of `pid`, from /proc.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let list =
+            std::fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
+        children.extend(list.split_whitespace().map(|c| c.parse::<i32>().unwrap()));
+    }
+    children
+}
+
+/// The pids cgroup `pid` is in ("/…/job-N"), from /proc.
+fn pids_cgroup_of(pid: i32) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    cgroups
+        .lines()
+        .find_map(|line| line.split_once(":pids:").map(|(_, path)| path.to_owned()))
+        .or_else(|| {
+            cgroups
+                .lines()
+                .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_warm_python_job_runs_in_the_cgroup_its_spare_joined_before_the_job_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = own_runner(&dir).await;
+    let code = "import os\nprint(os.getpid())\nprint(open('/proc/self/cgroup').read())";
+    // The first job starts the zygote and gives it a cgroup to reserve.
+    let first = run_on(
+        Arc::clone(&runner),
+        job("zygote-up", py(code), LimitRequest::default()),
+    )
+    .await;
+    assert_eq!(
+        first.outcome.status,
+        ExitStatus::Exited(0),
+        "{}",
+        first.stderr
+    );
+    let zygote = children_of(std::process::id().cast_signed())
+        .into_iter()
+        .find(|child| {
+            // Ours, not another runner's of this test process: it runs in our directory.
+            std::fs::read_to_string(format!("/proc/{child}/cmdline"))
+                .unwrap_or_default()
+                .contains("nox Python zygote")
+                && std::fs::read_link(format!("/proc/{child}/cwd"))
+                    .is_ok_and(|cwd| cwd.starts_with(dir.path()))
+        })
+        .expect("the zygote is our child");
+    for round in 0..3 {
+        // The spare the zygote forks when idle joins the reservation while it waits.
+        let mut waiting = None;
+        for _ in 0..500 {
+            if let Some(spare) = children_of(zygote)
+                .into_iter()
+                .find(|spare| pids_cgroup_of(*spare).contains("/job-"))
+            {
+                waiting = Some(spare);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let spare = waiting.expect("a spare of the zygote waits in a job cgroup");
+        let reserved = pids_cgroup_of(spare);
+        let ran = run_on(
+            Arc::clone(&runner),
+            job(
+                &format!("reserved-{round}"),
+                py(code),
+                LimitRequest::default(),
+            ),
+        )
+        .await;
+        assert_eq!(ran.outcome.status, ExitStatus::Exited(0), "{}", ran.stderr);
+        let mut lines = ran.stdout.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            spare.to_string(),
+            "the spare took the job"
+        );
+        assert!(
+            ran.stdout.contains(&reserved),
+            "runs in {reserved}: {}",
+            ran.stdout
+        );
+    }
+    // A job with a limit of its own does not take the reservation: its cgroup holds its limit.
+    let limited = LimitRequest {
+        max_processes: Some(7),
+        ..LimitRequest::default()
+    };
+    let ran = run_on(
+        Arc::clone(&runner),
+        job("own-limit", py("import re\nv1 = re.search(r':pids:(.*)', open('/proc/self/cgroup').read())\nprint(open('/sys/fs/cgroup/pids' + v1.group(1) + '/pids.max').read().strip())"), limited),
+    )
+    .await;
+    assert_eq!(ran.stdout.trim(), "7", "{}", ran.stderr);
+}
+
+#[tokio::test]
+async fn concurrent_warm_python_jobs_around_reservations_each_keep_a_cgroup_of_their_own() {
+    // Jobs handed on in one order report their start in another; the cgroup each is in
+    // must follow the hand-offs, or one job's end would empty a cgroup another runs in.
+    let dir = tempfile::tempdir().unwrap();
+    let runner = own_runner(&dir).await;
+    for round in 0..4 {
+        // Idle: the zygote's spare joins the reservation.
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        let mut tasks = Vec::new();
+        for n in 0..8 {
+            let code = format!(
+                "import time\ntime.sleep({})\nprint({n}, open('/proc/self/cgroup').read().replace(chr(10), ' '))",
+                0.02 * f64::from(8 - n)
+            );
+            let spec = job(&unique("around"), py(&code), LimitRequest::default());
+            let runner = Arc::clone(&runner);
+            tasks.push(tokio::spawn(async move { (n, run_on(runner, spec).await) }));
+        }
+        let mut cgroups = std::collections::BTreeSet::new();
+        for task in tasks {
+            let (n, ran) = task.await.unwrap();
+            assert_eq!(
+                ran.outcome.status,
+                ExitStatus::Exited(0),
+                "round {round} job {n}: {}",
+                ran.stderr
+            );
+            let (printed, cgroup) = ran.stdout.split_once(' ').unwrap();
+            assert_eq!(printed, n.to_string());
+            assert!(cgroups.insert(cgroup.to_owned()), "two jobs in {cgroup}");
+        }
+    }
 }

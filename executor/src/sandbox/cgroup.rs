@@ -45,7 +45,7 @@ pub enum Version {
 }
 
 /// Where job cgroups are made.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Cgroups {
     version: Version,
     /// The parent of every job cgroup of this executor.
@@ -79,6 +79,24 @@ impl JobCgroup {
     /// writes `0` to it.
     pub fn procs(&self) -> RawFd {
         self.made.as_ref().map_or(-1, |made| made.procs.as_raw_fd())
+    }
+
+    /// Hold at most `max_processes` from now on: a spare's cgroup, given its job.
+    pub fn limit(&mut self, max_processes: u64) -> io::Result<()> {
+        match &mut self.made {
+            Some(made) => made.limit(max_processes),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Made {
+    fn limit(&mut self, max_processes: u64) -> io::Result<()> {
+        if self.max_processes != max_processes {
+            std::fs::write(self.path.join("pids.max"), max_processes.to_string())?;
+            self.max_processes = max_processes;
+        }
+        Ok(())
     }
 }
 
@@ -206,12 +224,9 @@ impl Cgroups {
             .pop();
         let made = match kept {
             Some(mut made) => {
-                if made.max_processes != max_processes {
-                    // Dropped on failure: the cleanup thread never sees it, and the
-                    // directory stays until this executor's parent is swept.
-                    std::fs::write(made.path.join("pids.max"), max_processes.to_string())?;
-                    made.max_processes = max_processes;
-                }
+                // Dropped on failure: the cleanup thread never sees it, and the directory
+                // stays until this executor's parent is swept.
+                made.limit(max_processes)?;
                 made
             }
             None => self.make(max_processes)?,

@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod landlock;
 pub mod reaper;
 pub mod seccomp;
+pub mod spare;
 pub mod spawn;
 pub mod zygote;
 
@@ -272,6 +273,12 @@ pub struct Sandbox {
     /// Where the zygote runs (it writes nothing there).
     zygote_dir: PathBuf,
     zygote: std::sync::Mutex<Option<std::sync::Arc<zygote::Zygote>>>,
+    /// A process waiting in its pids cgroup for the next job (see [`spare`]), when jobs
+    /// have cgroups.
+    spares: Option<spare::Spares>,
+    /// The process limit of a job that asks for none (the ceiling): what a cgroup made
+    /// ahead of its job holds.
+    default_processes: u64,
 }
 
 impl Sandbox {
@@ -314,9 +321,21 @@ impl Sandbox {
             python: config.python.clone(),
             zygote_dir: probe_dir.to_path_buf(),
             zygote: std::sync::Mutex::new(None),
+            spares: None,
+            default_processes: config.limits.processes,
         };
         let probe_failure = sandbox.probe(config, probe_dir).err();
         sandbox.layers = sandbox.assess_layers(probe_failure.as_deref());
+        if let Ok(cgroups) = &sandbox.cgroups {
+            match spare::Spares::start(
+                sandbox.reaper.clone(),
+                cgroups.clone(),
+                config.limits.processes,
+            ) {
+                Ok(spares) => sandbox.spares = Some(spares),
+                Err(error) => tracing::warn!(%error, "no spare processes: jobs fork their own"),
+            }
+        }
         Ok(sandbox)
     }
 
@@ -470,7 +489,19 @@ impl Sandbox {
             }
             None => None,
         };
-        let cgroup = self.job_cgroup(&command.limits)?;
+        // A spare has a cgroup already; it only needs this job's limit.
+        let mut spare = self.spares.as_ref().and_then(spare::Spares::take);
+        let cgroup = match spare.as_mut() {
+            Some(spare) => {
+                if let Some(cgroup) = spare.cgroup_mut() {
+                    cgroup
+                        .limit(command.limits.max_processes)
+                        .map_err(SandboxError::Cgroup)?;
+                }
+                None
+            }
+            None => self.job_cgroup(&command.limits)?,
+        };
         let plan = ChildPlan {
             program,
             argv,
@@ -484,7 +515,7 @@ impl Sandbox {
             landlock,
             seccomp: self.seccomp.as_ref(),
         };
-        spawn::spawn(plan, &self.reaper)
+        spawn::spawn(plan, &self.reaper, spare)
     }
 
     /// Start a Python job on the warm path: forked from the zygote (started on first use,
@@ -512,6 +543,7 @@ impl Sandbox {
                         &self.python,
                         &self.zygote_dir,
                         program,
+                        self.default_processes,
                     )?);
                     *slot = Some(std::sync::Arc::clone(&started));
                     started
@@ -522,6 +554,20 @@ impl Sandbox {
             Some(policy) => Some(policy.ruleset(writable)?),
             None => None,
         };
+        if zygote.wants_reservation()
+            && let Ok(cgroups) = &self.cgroups
+        {
+            // For the spare to join ahead of the next job (see zygote.py); without one,
+            // jobs join their own as they start.
+            match cgroups.create(self.default_processes) {
+                Ok(reserved) => {
+                    if let Err(error) = zygote.reserve(reserved) {
+                        tracing::warn!(error = %nox_protocol::error_chain(&error), "no cgroup reserved for the zygote");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "no cgroup reserved for the zygote"),
+            }
+        }
         let cgroup = self.job_cgroup(job.limits)?;
         zygote.spawn(
             job,
@@ -530,6 +576,11 @@ impl Sandbox {
             cgroup,
             self.nproc_limit(job.limits),
         )
+    }
+
+    /// The pid of the spare waiting for the next job, if one waits.
+    pub fn spare_pid(&self) -> Option<i32> {
+        self.spares.as_ref().and_then(spare::Spares::waiting)
     }
 
     /// A pids cgroup for a job with `limits`, when cgroups are available.

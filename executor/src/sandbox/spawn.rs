@@ -28,6 +28,7 @@ use seccompiler::BpfProgram;
 use tokio::sync::oneshot;
 
 use super::reaper::{ExitReport, Reaper};
+use super::spare::Spare;
 use super::{SandboxError, Step};
 
 /// What to start, decided by the job runner.
@@ -206,9 +207,14 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     raise_fd(fd)
 }
 
-/// Fork and start the job described by `plan`. Blocking: returns once the child has
-/// exec'd (or failed to).
-pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, SandboxError> {
+/// Start the job described by `plan`: on `spare` when there is one (it is in its cgroup
+/// already), else in a child forked now. Blocking: returns once the child has exec'd (or
+/// failed to).
+pub fn spawn(
+    mut plan: ChildPlan<'_>,
+    reaper: &Reaper,
+    mut spare: Option<Spare>,
+) -> Result<SpawnedJob, SandboxError> {
     let (error_read, error_write) = pipe_high().map_err(SandboxError::Pipe)?;
     let (stdin_read, stdin_write) = pipe_high().map_err(SandboxError::Pipe)?;
     let (stdout_read, stdout_write) = pipe_high().map_err(SandboxError::Pipe)?;
@@ -219,6 +225,11 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
         )));
     }
     let inherit_raw: Vec<RawFd> = plan.inherit.iter().map(AsRawFd::as_raw_fd).collect();
+    // A spare has joined its cgroup: that is the job's.
+    let cgroup = plan
+        .cgroup
+        .take()
+        .or_else(|| spare.as_mut().and_then(Spare::take_cgroup));
     let argv_ptrs = null_terminated(&plan.argv);
     let envp_ptrs = null_terminated(&plan.envp);
     let raw = RawPlan {
@@ -231,10 +242,7 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
         stderr: stderr_write.as_raw_fd(),
         inherit: &inherit_raw,
         rlimits: &plan.rlimits,
-        cgroup_procs: plan
-            .cgroup
-            .as_ref()
-            .map_or(-1, super::cgroup::JobCgroup::procs),
+        cgroup_procs: cgroup.as_ref().map_or(-1, super::cgroup::JobCgroup::procs),
         identity: plan.identity,
         keep_capabilities: plan.keep_capabilities,
         landlock: plan.landlock.as_ref().map_or(-1, AsRawFd::as_raw_fd),
@@ -247,21 +255,53 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
         error_fd: error_write.as_raw_fd(),
     };
 
-    let ticket = reaper.begin_spawn();
     let started = Instant::now();
-    // The child's own stack: it shares our memory (CLONE_VM) until it execs, and this
-    // thread is suspended until then (CLONE_VFORK), so the thread's stack is free again
-    // when clone returns. Kept per thread: a fresh one per job cost a 256 KiB memset.
-    let pid = CHILD_STACKS.with(|stack| clone_vfork(&raw, &mut stack.borrow_mut()));
-    if pid < 0 {
-        return Err(SandboxError::Fork(io::Error::last_os_error()));
+    let mut on_spare = None;
+    if let Some(spare) = spare {
+        // The child's descriptors, in the order the spare places them (see spare.rs).
+        let mut fds = vec![
+            error_write.as_raw_fd(),
+            stdin_read.as_raw_fd(),
+            stdout_write.as_raw_fd(),
+            stderr_write.as_raw_fd(),
+            raw.workdir,
+        ];
+        fds.extend((raw.landlock >= 0).then_some(raw.landlock));
+        fds.extend_from_slice(&inherit_raw);
+        match spare.start(&raw, &fds) {
+            Ok(started) => on_spare = Some(started),
+            // It died since it was checked: fork as usual, into the cgroup it left.
+            Err(error) => tracing::warn!(%error, "a spare process could not take a job"),
+        }
     }
-    let exit = ticket.watch(pid);
+    let (pid, exit, spare_memory) = match on_spare {
+        Some((pid, exit, memory)) => (pid, exit, Some(memory)),
+        None => {
+            let ticket = reaper.begin_spawn();
+            // The child's own stack: it shares our memory (CLONE_VM) until it execs, and
+            // this thread is suspended until then (CLONE_VFORK), so the thread's stack is
+            // free again when clone returns. Kept per thread: a fresh one per job cost a
+            // 256 KiB memset.
+            let pid = CHILD_STACKS.with(|stack| clone_vfork(&raw, &mut stack.borrow_mut()));
+            if pid < 0 {
+                return Err(SandboxError::Fork(io::Error::last_os_error()));
+            }
+            (pid, ticket.watch(pid), None)
+        }
+    };
 
     // The child's ends belong to the child now; closing ours lets EOF and EPIPE work.
     drop((error_write, stdin_read, stdout_write, stderr_write));
     drop((plan.inherit, plan.workdir, plan.landlock));
-    match read_setup_error(error_read) {
+    let report = read_setup_error(error_read);
+    match (&report, spare_memory) {
+        // EOF: the spare has exec'd or exited and runs on its stack no more.
+        (Ok(_), Some(memory)) => drop(memory),
+        // Whether it still does is unknown: its memory must stay.
+        (Err(_), Some(memory)) => std::mem::forget(memory),
+        (_, None) => {}
+    }
+    match report {
         Ok(None) => Ok(SpawnedJob {
             pid,
             stdin: stdin_write,
@@ -270,7 +310,7 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
             exit,
             started,
             zygote: None,
-            cgroup: plan.cgroup,
+            cgroup,
         }),
         Ok(Some((step, errno))) => Err(SandboxError::ChildSetup {
             step,
@@ -281,7 +321,7 @@ pub fn spawn(plan: ChildPlan<'_>, reaper: &Reaper) -> Result<SpawnedJob, Sandbox
 }
 
 /// Stack of the child between clone and exec.
-const CHILD_STACK: usize = 256 * 1024;
+pub(super) const CHILD_STACK: usize = 256 * 1024;
 
 thread_local! {
     /// The stack children cloned on this thread run on until they exec.
@@ -301,24 +341,45 @@ fn clone_vfork(plan: &RawPlan<'_>, stack: &mut [u8]) -> libc::pid_t {
         // system calls on prepared data and writes only to this stack.
         unsafe { child_main(plan) }
     }
+    // SAFETY: `trampoline` reads only `plan`, which lives in this frame until the child
+    // has exec'd or exited (CLONE_VFORK suspends us until then).
+    unsafe {
+        clone_on(
+            trampoline,
+            stack,
+            libc::CLONE_VM | libc::CLONE_VFORK,
+            std::ptr::from_ref(plan).cast_mut().cast(),
+        )
+    }
+}
+
+/// `clone(flags | SIGCHLD)` running `child(arg)` on `stack`, with every signal blocked in
+/// this thread across the clone, so no handler of the executor ever runs on the child's
+/// stack in shared memory (the child inherits the full mask). Returns the child's pid, or
+/// -1 with errno set.
+///
+/// # Safety
+///
+/// `child` must only do what a child sharing our memory may (see [`child_main`]), and
+/// `arg` and `stack` must stay valid for as long as it uses them.
+pub(super) unsafe fn clone_on(
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &mut [u8],
+    flags: libc::c_int,
+    arg: *mut libc::c_void,
+) -> libc::pid_t {
     // The stack grows down from its (16-byte aligned) top.
     let top = stack.as_mut_ptr().wrapping_add(stack.len());
     let top = top.wrapping_sub(top as usize % 16).cast::<libc::c_void>();
     // SAFETY: sigset_t is plain data, filled by sigfillset before use.
     let (mut all, mut previous): (libc::sigset_t, libc::sigset_t) =
         unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
-    // SAFETY: blocking every signal in this thread across the clone, so no handler of the
-    // executor ever runs on the child's stack in shared memory; restored right after. The
-    // clone arguments: a valid function, the top of a live stack, and a pointer to `plan`.
+    // SAFETY: the mask is restored right after the clone; the clone arguments are a valid
+    // function, the top of a live stack and the caller's `arg`.
     unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
-        let pid = libc::clone(
-            trampoline,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            std::ptr::from_ref(plan).cast_mut().cast(),
-        );
+        let pid = libc::clone(child, top, flags | libc::SIGCHLD, arg);
         let errno = *libc::__errno_location();
         libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
         *libc::__errno_location() = errno;
@@ -356,25 +417,26 @@ fn read_setup_error(pipe: OwnedFd) -> io::Result<Option<(Step, i32)>> {
 }
 
 /// The prepared plan in raw form: only plain values and pointers, readable after fork.
-struct RawPlan<'a> {
+#[derive(Clone, Copy)]
+pub(super) struct RawPlan<'a> {
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
-    workdir: RawFd,
-    stdin: RawFd,
-    stdout: RawFd,
-    stderr: RawFd,
+    pub(super) workdir: RawFd,
+    pub(super) stdin: RawFd,
+    pub(super) stdout: RawFd,
+    pub(super) stderr: RawFd,
     /// Placed on 3, 4, ...; every one is numbered [`INHERIT_FLOOR`] or above, so placing
     /// one never overwrites another still to be placed.
-    inherit: &'a [RawFd],
+    pub(super) inherit: &'a [RawFd],
     rlimits: &'a [(RlimitResource, libc::rlimit)],
     /// `cgroup.procs` of the job's pids cgroup, or -1.
-    cgroup_procs: RawFd,
+    pub(super) cgroup_procs: RawFd,
     identity: Option<(u32, u32)>,
     keep_capabilities: u32,
-    landlock: RawFd,
+    pub(super) landlock: RawFd,
     seccomp: Option<libc::sock_fprog>,
-    error_fd: RawFd,
+    pub(super) error_fd: RawFd,
 }
 
 /// `struct __user_cap_header_struct`.
@@ -394,6 +456,56 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
+/// Report a failed step on `error_fd` as `(step, errno)` and exit 127.
+///
+/// # Safety
+///
+/// Only in a child between fork and exec (async-signal-safe calls only).
+pub(super) unsafe fn fail(error_fd: RawFd, step: Step) -> ! {
+    // SAFETY: errno is thread-local and readable at any time.
+    let errno = unsafe { *libc::__errno_location() };
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&(step as u32).to_le_bytes());
+    report[4..].copy_from_slice(&errno.to_le_bytes());
+    // SAFETY: writing 8 bytes from a stack buffer to a descriptor we own; then _exit,
+    // which is async-signal-safe and skips atexit handlers and stdio flushing.
+    unsafe {
+        libc::write(error_fd, report.as_ptr().cast(), report.len());
+        libc::_exit(127)
+    }
+}
+
+/// Every signal disposition back to default: the executor's handlers must never run in a
+/// child, in its memory; and Rust ignores SIGPIPE, which would survive exec and break
+/// `yes | head`.
+///
+/// # Safety
+///
+/// Only in a child between fork and exec.
+pub(super) unsafe fn default_dispositions() {
+    for signal in 1..libc::SIGRTMAX() {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: SIG_DFL for a valid signal number; no handler is involved.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
+}
+
+/// An empty signal mask (the parent blocked every signal across the clone). False if the
+/// kernel refused.
+///
+/// # Safety
+///
+/// Only in a child between fork and exec.
+pub(super) unsafe fn unblock_signals() -> bool {
+    // SAFETY: sigset_t is plain data, emptied before use; the mask is this thread's.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == 0
+    }
+}
+
 /// The child between fork and exec. Never returns.
 ///
 /// # Safety
@@ -402,44 +514,40 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// valid in that child. Only async-signal-safe calls are made (signal-safety(7) plus raw
 /// system calls that take no locks in user space).
 unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
-    let fail = |step: Step| -> ! {
-        // SAFETY: errno is thread-local and readable at any time.
-        let errno = unsafe { *libc::__errno_location() };
-        let mut report = [0u8; 8];
-        report[..4].copy_from_slice(&(step as u32).to_le_bytes());
-        report[4..].copy_from_slice(&errno.to_le_bytes());
-        // SAFETY: writing 8 bytes from a stack buffer to a descriptor we own; then _exit,
-        // which is async-signal-safe and skips atexit handlers and stdio flushing.
-        unsafe {
-            libc::write(plan.error_fd, report.as_ptr().cast(), report.len());
-            libc::_exit(127)
+    // SAFETY: plain system calls on descriptors this child owns, in the order the
+    // INVARIANT in the module docs gives.
+    unsafe {
+        default_dispositions();
+        if !unblock_signals() {
+            fail(plan.error_fd, Step::Signals);
         }
+        if libc::setpgid(0, 0) != 0 {
+            fail(plan.error_fd, Step::ProcessGroup);
+        }
+        // Into the job's pids cgroup ("0": this process) while still the only process.
+        if plan.cgroup_procs >= 0 && libc::write(plan.cgroup_procs, c"0".as_ptr().cast(), 1) != 1 {
+            fail(plan.error_fd, Step::Cgroup);
+        }
+        enter_job(plan)
+    }
+}
+
+/// The steps from stdio to exec, in a child that has its signals, process group and
+/// cgroup: a freshly forked child, or a spare given its job. Never returns.
+///
+/// # Safety
+///
+/// As for [`child_main`]; `plan`'s descriptors are this child's.
+pub(super) unsafe fn enter_job(plan: &RawPlan<'_>) -> ! {
+    let fail = |step: Step| -> ! {
+        // SAFETY: we are the child, between fork and exec.
+        unsafe { fail(plan.error_fd, step) }
     };
 
     // SAFETY: plain system calls on descriptors and memory this child owns, in the order
     // the INVARIANT in the module docs gives; every pointer passed points into `plan` or
     // into this stack frame, both valid until exec.
     unsafe {
-        // Signals: every disposition back to default (the executor's handlers must never
-        // run here, in its memory; and Rust ignores SIGPIPE, which would survive exec and
-        // break `yes | head`), then an empty mask (the parent blocked all across clone).
-        for signal in 1..libc::SIGRTMAX() {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::signal(signal, libc::SIG_DFL);
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-            fail(Step::Signals);
-        }
-        if libc::setpgid(0, 0) != 0 {
-            fail(Step::ProcessGroup);
-        }
-        // Into the job's pids cgroup ("0": this process) while still the only process.
-        if plan.cgroup_procs >= 0 && libc::write(plan.cgroup_procs, c"0".as_ptr().cast(), 1) != 1 {
-            fail(Step::Cgroup);
-        }
         if libc::dup2(plan.stdin, 0) < 0
             || libc::dup2(plan.stdout, 1) < 0
             || libc::dup2(plan.stderr, 2) < 0

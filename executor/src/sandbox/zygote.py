@@ -20,6 +20,14 @@
 # of any job, until the zygote hands it a job's descriptors; then it goes on exactly as a
 # child forked for that job would, and the zygote forks the next spare. A spare serves one
 # job at most, and dies with the zygote (PR_SET_PDEATHSIG).
+#
+# Joining a pids cgroup can wait a whole RCU grace period (10-20 ms) when no process has
+# changed cgroups for a moment, so the spare joins one before its job exists: the executor
+# reserves a cgroup ("reserve", its cgroup.procs attached) and the spare joins it while it
+# waits. A job whose "run" says it may take the reservation (its process limit is the one the
+# reserved cgroup holds) then runs in it, and its own cgroup becomes the next reservation:
+# "reserved" says so at once, before any later job is handed on, so that the executor swaps
+# the two in the same order; "lost" says that the reservation is gone (a spare died in it).
 import ctypes, json, os, resource, select, signal, socket, sys
 # Everything a job's process needs is imported here, once, and inherited by every fork.
 # Not threading: its after-fork hook alone copies ~110 pages in every child; a job that
@@ -51,8 +59,11 @@ class SockFprog(ctypes.Structure):
 FPROG = SockFprog(len(PROGRAM) // 8, PROGRAM)
 FPROG_REF = ctypes.byref(FPROG)
 CHILDREN = set()
-# The spare child: (pid, the zygote's end of its socket pair), or None.
+# The spare child: (pid, the zygote's end of its socket pair, whether it joined the
+# reserved cgroup), or None.
 SPARE = None
+# The reserved cgroup's cgroup.procs while no spare has joined it, or None.
+RESERVED = None
 ZYGOTE_PID = os.getpid()
 # Report pipes of children still setting up: read end -> [job id, pid, bytes so far].
 REPORTS = {}
@@ -76,8 +87,8 @@ def send(message):
     CONTROL.send(json.dumps(message).encode())
 
 
-def run_job(fds, report):
-    """In the forked child. Never returns."""
+def run_job(fds, report, joined=False):
+    """In the forked child (`joined`: a spare in the reserved cgroup). Never returns."""
     step = "process group"
     try:
         os.setpgid(0, 0)
@@ -88,7 +99,7 @@ def run_job(fds, report):
         spec = json.loads(read_whole(spec_fd))
         extra = dict(zip(spec["extra"], fds[6:]))
         landlock = extra.get("landlock", -1)
-        if "cgroup" in extra:
+        if "cgroup" in extra and not joined:
             # Into the job's pids cgroup ("0": this process) before anything can fork.
             step = "join the job's pids cgroup"
             os.write(extra["cgroup"], b"0")
@@ -190,10 +201,18 @@ def exit_status(exit):
     return 1
 
 
+def join(procs):
+    """Into the cgroup whose cgroup.procs is `procs` ("0": this process)."""
+    os.write(procs, b"0")
+    os.close(procs)
+
+
 def fork_spare():
-    """Fork the spare child, which waits for a job's descriptors."""
-    global SPARE
+    """Fork the spare child, which joins the reserved cgroup if there is one and waits for
+    a job's descriptors."""
+    global SPARE, RESERVED
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    reserved, RESERVED = RESERVED, None
     pid = os.fork()
     if pid == 0:
         try:
@@ -201,43 +220,81 @@ def fork_spare():
             os.setpgid(0, 0)
             if PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != ZYGOTE_PID:
                 os._exit(0)
-            _, fds, _, _ = socket.recv_fds(theirs, 16, 16)
+            if reserved is not None:
+                join(reserved)
+            while True:
+                data, fds, _, _ = socket.recv_fds(theirs, 16, 16)
+                if data == b"join":
+                    join(fds[0])
+                    continue
+                break
             theirs.close()
         except BaseException:
             os._exit(0)
         if not fds:
             os._exit(0)
-        run_job(fds[1:], fds[0])
+        run_job(fds[1:], fds[0], joined=data == b"run-joined")
     theirs.close()
-    SPARE = (pid, ours)
+    if reserved is not None:
+        os.close(reserved)
+    SPARE = (pid, ours, reserved is not None)
 
 
-def hand_to_spare(report_write, fds):
-    """The spare's pid once it has the job's descriptors, None without a spare."""
+def reserve(procs):
+    """Keep the cgroup whose cgroup.procs is `procs` for the spare: joined at once by a
+    spare that waits outside any, else by the next one forked."""
+    global SPARE, RESERVED
+    if SPARE is not None and not SPARE[2]:
+        try:
+            socket.send_fds(SPARE[1], [b"join"], [procs])
+            SPARE = (SPARE[0], SPARE[1], True)
+            os.close(procs)
+            return
+        except OSError:
+            pass
+    if RESERVED is not None:
+        os.close(RESERVED)
+    RESERVED = procs
+
+
+def hand_to_spare(report_write, fds, may_take_reserved):
+    """(The spare's pid, whether the job runs in the reserved cgroup) once the spare has the
+    job's descriptors; None without a spare."""
     global SPARE
-    if SPARE is None:
+    if SPARE is None or (SPARE[2] and not may_take_reserved):
+        # A spare in the reserved cgroup waits for a job that may run there.
         return None
-    pid, ours = SPARE
+    pid, ours, reserved = SPARE
     SPARE = None
     try:
-        socket.send_fds(ours, [b"run"], [report_write, *fds])
+        socket.send_fds(ours, [b"run-joined" if reserved else b"run"], [report_write, *fds])
     except OSError:
+        if reserved:
+            send({"op": "lost"})
         return None
     finally:
         ours.close()
-    return pid
+    return pid, reserved
 
 
 def start(message, fds):
     """Hand the job to the spare child, or fork its process; its report ("ok" or the failed
     step) is read when it arrives (main loop), so the zygote goes on while it sets up."""
     report_read, report_write = os.pipe()
-    pid = hand_to_spare(report_write, fds)
-    if pid is None:
+    cgroup = message.get("cgroup")
+    handed = hand_to_spare(report_write, fds, message.get("reserve", False) and cgroup is not None)
+    if handed is None:
         pid = os.fork()
         if pid == 0:
             os.close(report_read)
             run_job(fds, report_write)
+    else:
+        pid, reserved = handed
+        if reserved:
+            # Told now, before any later job is handed on: the executor swaps the two
+            # cgroups in this order. The job's own cgroup is the next reservation.
+            send({"op": "reserved", "id": message["id"]})
+            reserve(os.dup(fds[cgroup]))
     os.close(report_write)
     for fd in fds:
         os.close(fd)
@@ -269,6 +326,7 @@ def read_report(fd, block=False):
 
 
 def reap():
+    global SPARE
     while True:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -288,7 +346,13 @@ def reap():
             pass
         _, status, usage = os.wait4(pid, 0)
         if pid not in CHILDREN:
-            # A spare that never had a job (it could not take one): nothing to report.
+            # A spare that never had a job: nothing to report, but the reservation it
+            # joined is gone.
+            if SPARE is not None and SPARE[0] == pid:
+                if SPARE[2]:
+                    send({"op": "lost"})
+                SPARE[1].close()
+                SPARE = None
             continue
         CHILDREN.discard(pid)
         send({"op": "exit", "pid": pid, "status": status,
@@ -368,6 +432,8 @@ def main():
             message = json.loads(data)
             if message["op"] == "run":
                 start(message, fds)
+            elif message["op"] == "reserve":
+                reserve(fds[0])
             elif message["op"] == "kill":
                 for fd in fds:
                     os.close(fd)

@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use super::cgroup::JobCgroup;
 use super::reaper::ExitReport;
 use super::spawn::{self, ChildPlan, RlimitResource, SpawnedJob};
 use super::{Sandbox, SandboxError};
@@ -65,6 +66,14 @@ enum Message {
         id: u64,
         pid: i32,
     },
+    /// The job was handed to the spare in the reserved cgroup: it runs there, and the
+    /// cgroup sent with it is the reservation now. Sent at the hand-off, before any later
+    /// job's.
+    Reserved {
+        id: u64,
+    },
+    /// The reservation is no longer joined or held by the zygote.
+    Lost,
     Failed {
         id: u64,
         step: String,
@@ -79,22 +88,41 @@ enum Message {
     },
 }
 
-type StartReply = Result<(i32, oneshot::Receiver<ExitReport>), (String, i32)>;
+/// A started job: its pid, its exit report and the cgroup it is in.
+type StartReply = Result<(i32, oneshot::Receiver<ExitReport>, Option<JobCgroup>), (String, i32)>;
+
+/// A job sent to the zygote and not yet started.
+#[derive(Debug)]
+struct Waiting {
+    reply: mpsc::Sender<StartReply>,
+    /// The cgroup the job is in: the one sent with it, or the reservation it took.
+    cgroup: Option<JobCgroup>,
+    /// It took the reservation.
+    reserved: bool,
+}
 
 #[derive(Debug, Default)]
 struct Pending {
-    starts: HashMap<u64, mpsc::Sender<StartReply>>,
+    starts: HashMap<u64, Waiting>,
     exits: HashMap<i32, oneshot::Sender<ExitReport>>,
+    /// The cgroup the zygote keeps for its spare to join before a job exists (see
+    /// zygote.py): it holds `Zygote::reserved_limit` processes, as does the job cgroup that
+    /// replaces it when a job takes it. Changed only by the reader thread, in the order of
+    /// the zygote's messages, and by `reserve` while there is none.
+    reservation: Option<JobCgroup>,
 }
 
 /// A running zygote.
 #[derive(Debug)]
 pub struct Zygote {
+    pid: i32,
     control: OwnedFd,
     send_lock: Mutex<()>,
     pending: Arc<Mutex<Pending>>,
     alive: Arc<AtomicBool>,
     next_id: AtomicU64,
+    /// The process limit of a reserved cgroup: only jobs with that limit may take one.
+    reserved_limit: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,12 +133,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Zygote {
     /// Start a zygote with `sandbox`'s identity, in `workdir` (a directory the sandbox user
-    /// can enter; the zygote writes nothing there).
+    /// can enter; the zygote writes nothing there). Jobs limited to `reserved_limit`
+    /// processes may run in a reserved cgroup ([`Zygote::reserve`]).
     pub fn start(
         sandbox: &Sandbox,
         python: &Path,
         workdir: &Path,
         seccomp: &[seccompiler::sock_filter],
+        reserved_limit: u64,
     ) -> Result<Zygote, SandboxError> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -179,16 +209,18 @@ impl Zygote {
             landlock: None,
             seccomp: None,
         };
-        let spawned = spawn::spawn(plan, &sandbox.reaper)?;
+        let spawned = spawn::spawn(plan, &sandbox.reaper, None)?;
         let pid = spawned.pid;
         forward_diagnostics(spawned);
 
         let zygote = Zygote {
+            pid,
             control: ours,
             send_lock: Mutex::new(()),
             pending: Arc::new(Mutex::new(Pending::default())),
             alive: Arc::new(AtomicBool::new(true)),
             next_id: AtomicU64::new(1),
+            reserved_limit,
         };
         let ready = zygote.receive_ready();
         if let Err(error) = ready {
@@ -215,6 +247,24 @@ impl Zygote {
             Ok(_) => Err(SandboxError::Zygote("did not announce itself".into())),
             Err(error) => Err(SandboxError::Zygote(format!("did not start: {error}"))),
         }
+    }
+
+    /// Whether the zygote holds no reservation (none given yet, or it was lost).
+    pub fn wants_reservation(&self) -> bool {
+        lock(&self.pending).reservation.is_none()
+    }
+
+    /// Give the zygote `cgroup` (holding `reserved_limit` processes) for its spare to join
+    /// ahead of a job.
+    pub fn reserve(&self, cgroup: JobCgroup) -> Result<(), SandboxError> {
+        let mut table = lock(&self.pending);
+        if table.reservation.is_some() {
+            return Ok(());
+        }
+        let message = json!({"op": "reserve"}).to_string();
+        self.send(message.as_bytes(), &[cgroup.procs()])?;
+        table.reservation = Some(cgroup);
+        Ok(())
     }
 
     /// Whether the zygote is still serving.
@@ -284,9 +334,24 @@ impl Zygote {
             fds.push(cgroup.procs());
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let message = json!({"op": "run", "id": id});
+        let message = match &cgroup {
+            Some(_) => json!({
+                "op": "run",
+                "id": id,
+                "cgroup": fds.len() - 1,
+                "reserve": job.limits.max_processes == self.reserved_limit,
+            }),
+            None => json!({"op": "run", "id": id}),
+        };
         let (reply_sender, reply) = mpsc::channel();
-        lock(&self.pending).starts.insert(id, reply_sender);
+        lock(&self.pending).starts.insert(
+            id,
+            Waiting {
+                reply: reply_sender,
+                cgroup,
+                reserved: false,
+            },
+        );
         let started = Instant::now();
         if let Err(error) = self.send(message.to_string().as_bytes(), &fds) {
             lock(&self.pending).starts.remove(&id);
@@ -303,7 +368,7 @@ impl Zygote {
             landlock,
         ));
         match reply.recv_timeout(START_TIMEOUT) {
-            Ok(Ok((pid, exit))) => Ok(SpawnedJob {
+            Ok(Ok((pid, exit, cgroup))) => Ok(SpawnedJob {
                 pid,
                 stdin: stdin_write,
                 stdout: stdout_read,
@@ -318,7 +383,12 @@ impl Zygote {
                 source: io::Error::from_raw_os_error(errno),
             }),
             Err(_) => {
-                lock(&self.pending).starts.remove(&id);
+                let gone = lock(&self.pending).starts.remove(&id);
+                // A zygote that does not answer is not trusted with cgroups any more: the
+                // one sent with this job may be its reservation by now. Stopped (its spare
+                // dies with it), the next Python job starts a new one.
+                super::kill_process_group(self.pid);
+                drop(gone);
                 Err(SandboxError::Zygote("did not start the job in time".into()))
             }
         }
@@ -380,21 +450,58 @@ fn receive(socket: &OwnedFd) -> io::Result<Option<Message>> {
 fn read_messages(socket: &OwnedFd, pending: &Mutex<Pending>, alive: &AtomicBool) {
     loop {
         match receive(socket) {
+            Ok(Some(Message::Reserved { id })) => {
+                let mut table = lock(pending);
+                let table = &mut *table;
+                match table.starts.get_mut(&id) {
+                    Some(waiting) => {
+                        std::mem::swap(&mut waiting.cgroup, &mut table.reservation);
+                        waiting.reserved = true;
+                    }
+                    // Nobody waits (timed out; the zygote is being stopped).
+                    None => table.reservation = None,
+                }
+            }
             Ok(Some(Message::Started { id, pid })) => {
                 let (exit_sender, exit) = oneshot::channel();
                 let mut table = lock(pending);
                 table.exits.insert(pid, exit_sender);
-                if let Some(reply) = table.starts.remove(&id)
-                    && reply.send(Ok((pid, exit))).is_err()
+                let Some(waiting) = table.starts.remove(&id) else {
+                    // Nobody waits (timed out; the zygote is being stopped): kill it.
+                    table.exits.remove(&pid);
+                    super::kill_process_group(pid);
+                    continue;
+                };
+                if waiting.reserved && waiting.cgroup.is_none() {
+                    // Never: a job that took a reservation there was not would run without
+                    // a cgroup. Fail it closed.
+                    table.exits.remove(&pid);
+                    super::kill_process_group(pid);
+                    let _ = waiting
+                        .reply
+                        .send(Err(("use the reserved pids cgroup".into(), 0)));
+                    continue;
+                }
+                if let Err(mpsc::SendError(Ok((_, _, cgroup)))) =
+                    waiting.reply.send(Ok((pid, exit, waiting.cgroup)))
                 {
                     // Nobody waits for this job any more: kill it.
                     table.exits.remove(&pid);
                     super::kill_process_group(pid);
+                    drop(table);
+                    drop(cgroup);
                 }
             }
+            Ok(Some(Message::Lost)) => {
+                let lost = lock(pending).reservation.take();
+                drop(lost);
+            }
             Ok(Some(Message::Failed { id, step, errno })) => {
-                if let Some(reply) = lock(pending).starts.remove(&id) {
-                    let _ = reply.send(Err((step, errno)));
+                let waiting = lock(pending).starts.remove(&id);
+                if let Some(waiting) = waiting {
+                    // Its cgroup is emptied and pooled (or removed) once the failed
+                    // process is gone.
+                    let _ = waiting.reply.send(Err((step, errno)));
                 }
             }
             Ok(Some(Message::Exit {
@@ -427,6 +534,7 @@ fn read_messages(socket: &OwnedFd, pending: &Mutex<Pending>, alive: &AtomicBool)
     }
     table.exits.clear();
     table.starts.clear();
+    table.reservation = None;
     tracing::warn!("python zygote exited; the next Python job starts a new one");
 }
 

@@ -1,0 +1,484 @@
+//! Spare processes: a child forked ahead of the next shell job, already in a pids cgroup.
+//!
+//! Joining a cgroup is the one step of starting a job whose cost depends on what happened
+//! before: writing `cgroup.procs` takes the kernel's global `cgroup_threadgroup_rwsem` for
+//! writing, and the first writer after a quiet moment waits a whole RCU grace period —
+//! measured here at 10–20 ms, against 0.5 ms for the whole spawn (a job every 20 ms paid it
+//! almost every other time; `/run_sh` spaced 50 ms apart had a p50 of 9.9 ms). Back-to-back
+//! jobs never see it, which is why a closed-loop benchmark did not. So the join happens
+//! before the job exists: a spare is cloned while nothing waits for it, joins a cgroup from
+//! the pool (paying the wait, if any, on nobody's time) and blocks; a job hands it its plan
+//! and descriptors and it goes on with the usual steps from stdio to exec ([`enter_job`]).
+//! The kernel offers the same through `favordynmods` (a host-wide mount option, documented
+//! to make forks and exits dearer, that on 6.18 cannot be turned off again) and, on cgroup
+//! v2 only, `CLONE_INTO_CGROUP`; the spare needs neither.
+//!
+//! A spare is cloned with `CLONE_VM` like every job's child, but not suspended-parent
+//! (`CLONE_VFORK`): it runs on a stack of its own ([`SpareMemory`]) that stays allocated
+//! until it has exec'd or exited. It keeps nothing of the executor's: first thing, it
+//! closes every descriptor but its socket and its cgroup's `cgroup.procs` (so it never
+//! holds another job's pipe open), and it waits with every signal blocked. The job's
+//! descriptors arrive with `SCM_RIGHTS` on a `SOCK_SEQPACKET` pair, with the address of
+//! the job's [`RawPlan`] in the executor's memory, which the executor keeps alive until the
+//! child's exec (or failure) is reported. EOF on the socket — the executor dropped the
+//! spare or died — makes it exit. A spare that could not set itself up says which step
+//! failed on the socket and exits; [`Spare::check`] finds that before a job is handed to it.
+//!
+//! One spare waits at a time, made by a thread of its own ([`Spares`]) once no job has
+//! started for [`QUIET`]. Jobs that follow each other closer than that fork as before: the
+//! kernel's state is still warm from the last join, and forking is cheaper than waking a
+//! spare (an interleaved A/B of back-to-back `/run_sh` with a spare made after every job
+//! measured +0.1 ms p50; with QUIET, no difference).
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, Shutdown, SockFlag, SockType, sendmsg, shutdown,
+    socketpair,
+};
+use tokio::sync::oneshot;
+
+use super::Step;
+use super::cgroup::{Cgroups, JobCgroup};
+use super::reaper::{ExitReport, Reaper};
+use super::spawn::{
+    CHILD_STACK, INHERIT_FLOOR, MAX_INHERITED, RawPlan, clone_on, default_dispositions, enter_job,
+    fail, raise_fd, unblock_signals,
+};
+
+/// Descriptors a job hands its spare: error pipe, stdin, stdout, stderr, working
+/// directory, Landlock ruleset, and the inherited ones.
+const MAX_HANDED: usize = 6 + MAX_INHERITED;
+
+/// How long a spare that is dropped unused may take to exit before its memory is leaked
+/// rather than freed under it.
+const EXIT_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A spare is made once no job has started for this long.
+const QUIET: Duration = Duration::from_millis(5);
+
+/// After a spare could not be made, the next try waits this long.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What the spare reads when it starts, in the executor's memory.
+#[derive(Debug)]
+#[repr(C)]
+struct SpareStart {
+    socket: RawFd,
+    /// `cgroup.procs` of its cgroup, or -1.
+    cgroup_procs: RawFd,
+}
+
+/// Memory a spare runs on or reads: freed only once it has exec'd or exited.
+#[derive(Debug)]
+pub struct SpareMemory {
+    _stack: Box<[u8]>,
+    _start: Box<SpareStart>,
+}
+
+/// A process waiting for a job, in its cgroup already.
+pub struct Spare {
+    pid: i32,
+    /// Ours: the job's plan and descriptors go here. Closing it makes the spare exit.
+    socket: OwnedFd,
+    exit: Option<oneshot::Receiver<ExitReport>>,
+    cgroup: Option<JobCgroup>,
+    /// `None` once handed to a job, which then keeps it until the spare has exec'd.
+    memory: Option<SpareMemory>,
+}
+
+impl std::fmt::Debug for Spare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spare")
+            .field("pid", &self.pid)
+            .field("cgroup", &self.cgroup.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Spare {
+    /// Clone a spare that joins `cgroup` and waits.
+    pub fn fork(reaper: &Reaper, cgroup: Option<JobCgroup>) -> io::Result<Spare> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        let (ours, theirs) = (raise_fd(ours)?, raise_fd(theirs)?);
+        let start = Box::new(SpareStart {
+            socket: theirs.as_raw_fd(),
+            cgroup_procs: cgroup.as_ref().map_or(-1, JobCgroup::procs),
+        });
+        // Zeroed by the allocator (fresh pages), not by a memset.
+        let mut stack = vec![0u8; CHILD_STACK].into_boxed_slice();
+        let ticket = reaper.begin_spawn();
+        let pid = clone_spare(&start, &mut stack);
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let exit = ticket.watch(pid);
+        drop(theirs);
+        Ok(Spare {
+            pid,
+            socket: ours,
+            exit: Some(exit),
+            cgroup,
+            memory: Some(SpareMemory {
+                _stack: stack,
+                _start: start,
+            }),
+        })
+    }
+
+    /// The spare's pid (its process group too).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// `Ok` if the spare is alive and waiting (or still joining its cgroup); `Err` says
+    /// why not.
+    pub fn check(&mut self) -> Result<(), String> {
+        if let Some(exit) = &mut self.exit
+            && !matches!(exit.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        {
+            return Err("it has exited".into());
+        }
+        let mut report = [0u8; 8];
+        // SAFETY: a non-blocking receive into a stack buffer of the given length.
+        let n = unsafe {
+            libc::recv(
+                self.socket.as_raw_fd(),
+                report.as_mut_ptr().cast(),
+                report.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            8 => {
+                let step = u32::from_le_bytes([report[0], report[1], report[2], report[3]]);
+                let errno = i32::from_le_bytes([report[4], report[5], report[6], report[7]]);
+                Err(format!(
+                    "it could not {}: {}",
+                    Step::from_code(step).name(),
+                    io::Error::from_raw_os_error(errno)
+                ))
+            }
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Ok(()),
+            -1 => Err(io::Error::last_os_error().to_string()),
+            _ => Err("it has exited".into()),
+        }
+    }
+
+    /// Its cgroup, now the job's.
+    pub fn cgroup_mut(&mut self) -> Option<&mut JobCgroup> {
+        self.cgroup.as_mut()
+    }
+
+    /// Take its cgroup: the job's from now on.
+    pub fn take_cgroup(&mut self) -> Option<JobCgroup> {
+        self.cgroup.take()
+    }
+
+    /// Hand the spare its job: `plan`, which must stay where it is until the spare has
+    /// exec'd, and `fds`, the child's descriptors in the order [`spare_main`] places them.
+    /// Returns its pid, its exit report and the memory to free once it has exec'd.
+    pub(super) fn start(
+        mut self,
+        plan: &RawPlan<'_>,
+        fds: &[RawFd],
+    ) -> io::Result<(i32, oneshot::Receiver<ExitReport>, SpareMemory)> {
+        let address = (std::ptr::from_ref(plan) as usize).to_ne_bytes();
+        let sent = sendmsg::<()>(
+            self.socket.as_raw_fd(),
+            &[IoSlice::new(&address)],
+            &[ControlMessage::ScmRights(fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        if let Err(error) = sent {
+            return Err(io::Error::from(error));
+        }
+        let (Some(exit), Some(memory)) = (self.exit.take(), self.memory.take()) else {
+            return Err(io::Error::other("the spare was already used"));
+        };
+        Ok((self.pid, exit, memory))
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        let Some(memory) = self.memory.take() else {
+            return; // handed to a job, which frees the memory after the exec
+        };
+        // EOF on its socket makes it exit; it may still be on its stack meanwhile.
+        let _ = shutdown(self.socket.as_raw_fd(), Shutdown::Both);
+        let deadline = Instant::now() + EXIT_PATIENCE;
+        if let Some(exit) = &mut self.exit {
+            while matches!(exit.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                if Instant::now() >= deadline {
+                    // Still running on that stack: it must never be reused.
+                    std::mem::forget(memory);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        drop(memory);
+    }
+}
+
+/// Clone the spare: `CLONE_VM` on `stack`, every signal blocked across the clone (and in
+/// the spare until it has a job). Returns its pid, or -1 with errno set.
+fn clone_spare(start: &SpareStart, stack: &mut [u8]) -> libc::pid_t {
+    extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the boxed `SpareStart` passed to clone below, kept alive with
+        // the stack until the spare has exec'd or exited.
+        let start = unsafe { &*arg.cast::<SpareStart>() };
+        // SAFETY: we are the new spare, sharing the executor's memory; spare_main only
+        // makes system calls on its own descriptors and writes only to this stack.
+        unsafe { spare_main(start) }
+    }
+    // SAFETY: `trampoline` reads only `start`, boxed and kept with the stack in the
+    // `Spare` until the spare has exec'd or exited.
+    unsafe {
+        clone_on(
+            trampoline,
+            stack,
+            libc::CLONE_VM,
+            std::ptr::from_ref(start).cast_mut().cast(),
+        )
+    }
+}
+
+/// The spare, from its clone to its job's exec. Never returns.
+///
+/// # Safety
+///
+/// Only in a process just cloned by [`clone_spare`], with `start` valid. Like a job's
+/// child, it makes only async-signal-safe calls and writes only to its own stack. It shares
+/// the cloning thread's TLS, so its errno is that thread's: the [`Spares`] thread, which
+/// only waits or forks the next spare meanwhile and reads errno only after a failed call.
+unsafe fn spare_main(start: &SpareStart) -> ! {
+    let socket = start.socket;
+    let report = |step: Step| -> ! {
+        // SAFETY: as in `spawn::fail`, on the socket: the executor reads it in `check`.
+        unsafe { fail(socket, step) }
+    };
+    // SAFETY: system calls on this process's own descriptors and on buffers in this frame.
+    unsafe {
+        // Nothing of the executor's but the two descriptors it gave us.
+        let keep = [
+            socket.min(start.cgroup_procs),
+            socket.max(start.cgroup_procs),
+        ];
+        let mut next: libc::c_uint = 0;
+        for fd in keep {
+            if fd < 0 {
+                continue;
+            }
+            #[allow(clippy::cast_sign_loss)]
+            let fd = fd as libc::c_uint;
+            if fd > next {
+                libc::syscall(libc::SYS_close_range, next, fd - 1, 0);
+            }
+            next = fd + 1;
+        }
+        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        default_dispositions();
+        if libc::setpgid(0, 0) != 0 {
+            report(Step::ProcessGroup);
+        }
+        if start.cgroup_procs >= 0 {
+            if libc::write(start.cgroup_procs, c"0".as_ptr().cast(), 1) != 1 {
+                report(Step::Cgroup);
+            }
+            libc::close(start.cgroup_procs);
+        }
+        // Occupy 0..INHERIT_FLOOR, so the descriptors received land above them and placing
+        // them on 0, 1, 2, 3... never overwrites one still to be placed.
+        for fd in 0..INHERIT_FLOOR {
+            if fd != socket && libc::dup2(socket, fd) < 0 {
+                report(Step::Stdio);
+            }
+        }
+
+        let mut address = [0u8; std::mem::size_of::<usize>()];
+        let mut iov = libc::iovec {
+            iov_base: address.as_mut_ptr().cast(),
+            iov_len: address.len(),
+        };
+        let mut control = [0u64; 16];
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&control);
+        let received = loop {
+            let n = libc::recvmsg(socket, &mut message, libc::MSG_CMSG_CLOEXEC);
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            break n;
+        };
+        if usize::try_from(received) != Ok(address.len()) {
+            libc::_exit(0); // EOF: not needed any more
+        }
+        let mut fds = [-1 as RawFd; MAX_HANDED];
+        let mut count = 0;
+        let header = libc::CMSG_FIRSTHDR(&message);
+        if !header.is_null()
+            && (*header).cmsg_level == libc::SOL_SOCKET
+            && (*header).cmsg_type == libc::SCM_RIGHTS
+            && message.msg_flags & libc::MSG_CTRUNC == 0
+        {
+            let bytes = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+            count = (bytes / std::mem::size_of::<RawFd>()).min(MAX_HANDED);
+            let data = libc::CMSG_DATA(header).cast::<RawFd>();
+            for (i, slot) in fds.iter_mut().enumerate().take(count) {
+                *slot = data.add(i).read_unaligned();
+            }
+        }
+        if count == 0 {
+            libc::_exit(127);
+        }
+        // The plan lives in the executor's frame that sent it, which waits for our exec.
+        let plan = &*(usize::from_ne_bytes(address) as *const RawPlan<'_>);
+        let mut local = *plan;
+        let landlock = usize::from(plan.landlock >= 0);
+        if plan.inherit.len() > MAX_INHERITED || count != 5 + landlock + plan.inherit.len() {
+            fail(fds[0], Step::Stdio);
+        }
+        local.error_fd = fds[0];
+        local.stdin = fds[1];
+        local.stdout = fds[2];
+        local.stderr = fds[3];
+        local.workdir = fds[4];
+        if landlock == 1 {
+            local.landlock = fds[5];
+        }
+        local.inherit = &fds[5 + landlock..count];
+        local.cgroup_procs = -1; // joined already
+        if !unblock_signals() {
+            fail(local.error_fd, Step::Signals);
+        }
+        enter_job(&local)
+    }
+}
+
+/// Keeps one spare waiting, made on a thread of its own.
+#[derive(Debug)]
+pub struct Spares {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    spare: Option<Spare>,
+    stop: bool,
+    /// When a job last started (took the spare or found none).
+    last_start: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    slot: Mutex<Slot>,
+    taken: Condvar,
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Slot> {
+    shared.slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Spares {
+    /// Start the thread that keeps a spare in a cgroup of `cgroups` (holding at most
+    /// `max_processes` until a job sets its own) ready.
+    pub fn start(reaper: Reaper, cgroups: Cgroups, max_processes: u64) -> io::Result<Spares> {
+        let shared = Arc::new(Shared::default());
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("nox-spares".into())
+            .spawn(move || keep_one_ready(&thread_shared, &reaper, &cgroups, max_processes))?;
+        Ok(Spares { shared })
+    }
+
+    /// The pid of the waiting spare, if one waits.
+    pub fn waiting(&self) -> Option<i32> {
+        lock(&self.shared).spare.as_ref().map(Spare::pid)
+    }
+
+    /// The waiting spare, if there is one and it is alive; the thread makes the next.
+    pub fn take(&self) -> Option<Spare> {
+        let taken = {
+            let mut slot = lock(&self.shared);
+            slot.last_start = Some(Instant::now());
+            slot.spare.take()
+        };
+        if taken.is_some() {
+            self.shared.taken.notify_one();
+        }
+        let mut spare = taken?;
+        match spare.check() {
+            Ok(()) => Some(spare),
+            Err(reason) => {
+                tracing::warn!(pid = spare.pid(), %reason, "a spare process is unusable");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        lock(&self.shared).stop = true;
+        self.shared.taken.notify_one();
+    }
+}
+
+fn keep_one_ready(shared: &Shared, reaper: &Reaper, cgroups: &Cgroups, max_processes: u64) {
+    loop {
+        {
+            let mut slot = lock(shared);
+            loop {
+                let quiet_for = slot.last_start.map(|at| at.elapsed());
+                if slot.stop || (slot.spare.is_none() && quiet_for.is_none_or(|d| d >= QUIET)) {
+                    break;
+                }
+                // A whole QUIET each time, not what is left of it: under a steady stream of
+                // jobs this thread then wakes once per QUIET, not once per job.
+                slot = match quiet_for {
+                    Some(_) if slot.spare.is_none() => {
+                        shared
+                            .taken
+                            .wait_timeout(slot, QUIET)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                    _ => shared
+                        .taken
+                        .wait(slot)
+                        .unwrap_or_else(PoisonError::into_inner),
+                };
+            }
+            if slot.stop {
+                let spare = slot.spare.take();
+                drop(slot);
+                drop(spare);
+                return;
+            }
+        }
+        let made = cgroups
+            .create(max_processes)
+            .and_then(|cgroup| Spare::fork(reaper, Some(cgroup)));
+        match made {
+            Ok(spare) => lock(shared).spare = Some(spare),
+            Err(error) => {
+                tracing::warn!(%error, "could not make a spare process; jobs fork their own");
+                std::thread::sleep(RETRY_AFTER);
+            }
+        }
+    }
+}
