@@ -74,7 +74,10 @@ fn health_cell(
         Endpoint::Health,
         nox,
         ACTIVE,
-        Settings { duration },
+        Settings {
+            duration,
+            pause: Duration::ZERO,
+        },
         Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
     )
 }
