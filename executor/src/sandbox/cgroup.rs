@@ -65,13 +65,14 @@ struct Made {
     max_processes: u64,
 }
 
-/// One job's cgroup. Dropped, it is emptied (anything left is killed) on a thread of its
-/// own, then kept for another job or removed.
+/// One job's cgroup. Dropped empty, it goes straight back to the pool; else it is emptied
+/// (anything left is killed) on a thread of its own, then kept for another job or removed.
 #[derive(Debug)]
 pub struct JobCgroup {
     /// Always `Some` until dropped.
     made: Option<Made>,
     cleanup: mpsc::Sender<Made>,
+    ready: Arc<Mutex<Vec<Made>>>,
 }
 
 impl JobCgroup {
@@ -102,9 +103,19 @@ impl Made {
 
 impl Drop for JobCgroup {
     fn drop(&mut self) {
-        if let Some(made) = self.made.take() {
-            let _ = self.cleanup.send(made);
+        let Some(made) = self.made.take() else {
+            return;
+        };
+        // Most jobs leave nothing behind (their group was killed when the leader exited):
+        // one read of cgroup.procs then saves waking the cleanup thread.
+        if is_empty(&made.path) {
+            let mut pool = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+            if pool.len() < POOL {
+                pool.push(made);
+                return;
+            }
         }
+        let _ = self.cleanup.send(made);
     }
 }
 
@@ -234,6 +245,7 @@ impl Cgroups {
         Ok(JobCgroup {
             made: Some(made),
             cleanup: self.cleanup.clone(),
+            ready: Arc::clone(&self.ready),
         })
     }
 
@@ -322,6 +334,12 @@ fn sweep(dir: &Path, prefix: &str) {
 
 /// Kill whatever is left in the job cgroup at `path` until nothing is; false when that did
 /// not happen within [`EMPTY_TIMEOUT`] (or the cgroup cannot be read).
+/// Whether the cgroup at `path` has no process (false if that cannot be read).
+fn is_empty(path: &Path) -> bool {
+    std::fs::read_to_string(path.join("cgroup.procs"))
+        .is_ok_and(|members| members.trim().is_empty())
+}
+
 fn empty(path: &Path) -> bool {
     let deadline = Instant::now() + EMPTY_TIMEOUT;
     loop {
