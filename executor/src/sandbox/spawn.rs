@@ -15,6 +15,10 @@
 //! No allocation, no locks, no logging. A failing step writes `(step, errno)` to a
 //! close-on-exec pipe and exits 127; the executor reads that pipe until EOF, which comes
 //! either with those 8 bytes or with a successful exec.
+//!
+//! A job may instead start on a spare (see `spare`): a child cloned earlier that took the
+//! first three steps (signals, process group, cgroup) while no job waited, and takes the
+//! rest ([`enter_job`]) in the same order once it has the job's plan and descriptors.
 
 use std::ffi::CString;
 use std::io::{self, Write};
