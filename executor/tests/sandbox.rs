@@ -32,28 +32,14 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let root = dir.path().to_path_buf();
-        let mut config = ExecutorConfig {
-            state_dir: root.join("state"),
-            workspace_root: root.join("workspaces"),
-            max_concurrent_jobs: 8,
-            ..ExecutorConfig::default()
-        };
-        config.limits.output_kb = 64;
-        config.limits.timeout_s = 10.0;
-        std::fs::create_dir_all(&config.state_dir).unwrap();
-        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o711))
-            .unwrap();
-        let identity = JobIdentity::resolve(&config).unwrap();
-        let workspaces = Arc::new(
-            Workspaces::new(
-                config.workspace_root.clone(),
-                identity.switches().then(|| config.tenant_uids()),
-            )
-            .unwrap(),
-        );
-        let runner = Arc::new(JobRunner::new(&config, identity, workspaces).unwrap());
+        let runner = Arc::new(build_runner(&root, |config| {
+            config.limits.output_kb = 64;
+            config.limits.timeout_s = 10.0;
+            std::fs::create_dir_all(&config.state_dir).unwrap();
+            std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o711))
+                .unwrap();
+        }));
         Fixture {
             runner,
             root,
@@ -599,16 +585,13 @@ async fn a_warm_python_job_that_starts_threads_waits_for_them_as_python_does() {
     assert_eq!(ran.outcome.status, ExitStatus::Exited(0));
 }
 
-/// A runner of its own in `dir`, on the defaults changed by `configure` (and room for 8
-/// jobs at once): so that no other test takes its spare, or for a setting of its own.
-async fn runner_in(
-    dir: &tempfile::TempDir,
-    configure: impl FnOnce(&mut ExecutorConfig),
-) -> Arc<JobRunner> {
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+/// A runner with its state and workspaces in `dir`, on the defaults changed by `configure`
+/// (and room for 8 jobs at once). Blocking: it runs a probe job.
+fn build_runner(dir: &std::path::Path, configure: impl FnOnce(&mut ExecutorConfig)) -> JobRunner {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut config = ExecutorConfig {
-        state_dir: dir.path().join("state"),
-        workspace_root: dir.path().join("workspaces"),
+        state_dir: dir.join("state"),
+        workspace_root: dir.join("workspaces"),
         max_concurrent_jobs: 8,
         ..ExecutorConfig::default()
     };
@@ -621,9 +604,18 @@ async fn runner_in(
         )
         .unwrap(),
     );
-    let runner = tokio::task::spawn_blocking(move || JobRunner::new(&config, identity, workspaces))
+    JobRunner::new(&config, identity, workspaces).unwrap()
+}
+
+/// A runner of its own in `dir` (see [`build_runner`]): so that no other test takes its
+/// spare, or for a setting of its own.
+async fn runner_in(
+    dir: &tempfile::TempDir,
+    configure: impl FnOnce(&mut ExecutorConfig) + Send + 'static,
+) -> Arc<JobRunner> {
+    let path = dir.path().to_path_buf();
+    let runner = tokio::task::spawn_blocking(move || build_runner(&path, configure))
         .await
-        .unwrap()
         .unwrap();
     Arc::new(runner)
 }
