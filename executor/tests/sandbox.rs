@@ -648,17 +648,7 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
     let dir = tempfile::tempdir().unwrap();
     let runner = own_runner(&dir).await;
     let spare = waiting_spare(&runner).await;
-    // Cloned, it joins its cgroup (at once, or after the kernel's grace period).
-    for _ in 0..500 {
-        if pids_cgroup_of(spare).contains("/job-") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(
-        pids_cgroup_of(spare).contains("/job-"),
-        "the spare waits in a job cgroup"
-    );
+    wait_until_joined(spare).await;
     assert_holds_nothing_of_ours(spare);
     let limits = LimitRequest {
         max_processes: Some(9),
@@ -690,6 +680,18 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
     assert_eq!(lines[3..7], ["0", "1", "2", "3"], "{}", ran.stdout);
     // Its cgroup holds the job's own limit.
     assert_eq!(lines[7], "9", "{}", ran.stdout);
+}
+
+/// Cloned, a spare closes what it does not need, then joins its cgroup (at once, or after
+/// the kernel's grace period): once it is in one, it waits for its job.
+async fn wait_until_joined(spare: i32) {
+    for _ in 0..500 {
+        if pids_cgroup_of(spare).contains("/job-") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the spare {spare} is in no job cgroup after 5 s");
 }
 
 /// While a spare waits it holds its socket (on 0..16 and its own number) and nothing else:
@@ -735,6 +737,7 @@ async fn a_spare_cloned_while_we_hold_descriptors_keeps_none_of_them() {
     .await;
     let next = waiting_spare(&runner).await;
     assert_ne!(next, first);
+    wait_until_joined(next).await;
     assert_holds_nothing_of_ours(next);
     nix::unistd::close(high).unwrap();
     drop((read, write));
