@@ -288,13 +288,13 @@ impl Workspaces {
         Ok(used)
     }
 
-    /// Room left under the quota (`u64::MAX` without one); `QuotaExceeded` when none.
     /// Whether [`Workspaces::check_quota`] answers without measuring the workspace (no
     /// quota, or its use already known).
     pub fn quota_known(&self, workspace: &str) -> bool {
         self.quota.is_none() || self.ledger().contains_key(workspace)
     }
 
+    /// Room left under the quota (`u64::MAX` without one); `QuotaExceeded` when none.
     pub fn check_quota(&self, workspace: &str) -> Result<u64, WorkspaceError> {
         let Some(quota) = self.quota else {
             return Ok(u64::MAX);
