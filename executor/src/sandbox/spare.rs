@@ -184,18 +184,26 @@ impl Spare {
     }
 
     /// Hand the spare its job: `plan`, which must stay where it is until the spare has
-    /// exec'd, and `fds`, the child's descriptors in the order [`spare_main`] places them.
+    /// exec'd, and the descriptors it names, in the order [`spare_main`] places them.
     /// Returns its pid, its exit report and the memory to free once it has exec'd.
     pub(super) fn start(
         mut self,
         plan: &RawPlan<'_>,
-        fds: &[RawFd],
     ) -> io::Result<(i32, oneshot::Receiver<ExitReport>, SpareMemory)> {
+        let mut fds = vec![
+            plan.error_fd,
+            plan.stdin,
+            plan.stdout,
+            plan.stderr,
+            plan.workdir,
+        ];
+        fds.extend((plan.landlock >= 0).then_some(plan.landlock));
+        fds.extend_from_slice(plan.inherit);
         let address = (std::ptr::from_ref(plan) as usize).to_ne_bytes();
         let sent = sendmsg::<()>(
             self.socket.as_raw_fd(),
             &[IoSlice::new(&address)],
-            &[ControlMessage::ScmRights(fds)],
+            &[ControlMessage::ScmRights(&fds)],
             MsgFlags::MSG_NOSIGNAL,
             None,
         );

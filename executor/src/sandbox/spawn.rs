@@ -262,17 +262,7 @@ pub fn spawn(
     let started = Instant::now();
     let mut on_spare = None;
     if let Some(spare) = spare {
-        // The child's descriptors, in the order the spare places them (see spare.rs).
-        let mut fds = vec![
-            error_write.as_raw_fd(),
-            stdin_read.as_raw_fd(),
-            stdout_write.as_raw_fd(),
-            stderr_write.as_raw_fd(),
-            raw.workdir,
-        ];
-        fds.extend((raw.landlock >= 0).then_some(raw.landlock));
-        fds.extend_from_slice(&inherit_raw);
-        match spare.start(&raw, &fds) {
+        match spare.start(&raw) {
             Ok(started) => on_spare = Some(started),
             // It died since it was checked: fork as usual, into the cgroup it left.
             Err(error) => tracing::warn!(%error, "a spare process could not take a job"),
