@@ -108,13 +108,14 @@ impl Drop for JobCgroup {
         };
         // Most jobs leave nothing behind (their group was killed when the leader exited):
         // one read of cgroup.procs then saves waking the cleanup thread.
-        if is_empty(&made.path) {
-            let mut pool = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
-            if pool.len() < POOL {
-                pool.push(made);
-                return;
-            }
-        }
+        let left = if is_empty(&made.path) {
+            keep(&self.ready, made)
+        } else {
+            Some(made)
+        };
+        let Some(made) = left else {
+            return;
+        };
         let _ = self.cleanup.send(made);
     }
 }
@@ -139,13 +140,14 @@ impl Cgroups {
             .name("nox-cgroup-cleanup".into())
             .spawn(move || {
                 for made in requests {
-                    if empty(&made.path) {
-                        let mut pool = pool.lock().unwrap_or_else(PoisonError::into_inner);
-                        if pool.len() < POOL {
-                            pool.push(made);
-                            continue;
-                        }
-                    }
+                    let left = if empty(&made.path) {
+                        keep(&pool, made)
+                    } else {
+                        Some(made)
+                    };
+                    let Some(made) = left else {
+                        continue;
+                    };
                     let path = made.path.clone();
                     drop(made);
                     discard(&path);
@@ -332,14 +334,24 @@ fn sweep(dir: &Path, prefix: &str) {
     }
 }
 
-/// Kill whatever is left in the job cgroup at `path` until nothing is; false when that did
-/// not happen within [`EMPTY_TIMEOUT`] (or the cgroup cannot be read).
+/// Put the empty cgroup `made` in `pool` for a later job; back if the pool is full.
+fn keep(pool: &Mutex<Vec<Made>>, made: Made) -> Option<Made> {
+    let mut pool = pool.lock().unwrap_or_else(PoisonError::into_inner);
+    if pool.len() < POOL {
+        pool.push(made);
+        return None;
+    }
+    Some(made)
+}
+
 /// Whether the cgroup at `path` has no process (false if that cannot be read).
 fn is_empty(path: &Path) -> bool {
     std::fs::read_to_string(path.join("cgroup.procs"))
         .is_ok_and(|members| members.trim().is_empty())
 }
 
+/// Kill whatever is left in the job cgroup at `path` until nothing is; false when that did
+/// not happen within [`EMPTY_TIMEOUT`] (or the cgroup cannot be read).
 fn empty(path: &Path) -> bool {
     let deadline = Instant::now() + EMPTY_TIMEOUT;
     loop {
