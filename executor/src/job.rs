@@ -190,13 +190,13 @@ impl JobRunner {
         })
     }
 
-    /// Health, limits and layers, for `Request::Status`.
     /// The pid of the process waiting for the next shell job, if one waits (diagnostics
     /// and tests).
     pub fn spare_pid(&self) -> Option<i32> {
         self.sandbox.spare_pid()
     }
 
+    /// Health, limits and layers, for `Request::Status`.
     pub fn status(&self) -> ExecutorStatus {
         ExecutorStatus {
             software: format!("nox-executor {}", env!("CARGO_PKG_VERSION")),

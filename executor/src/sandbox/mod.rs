@@ -330,7 +330,7 @@ impl Sandbox {
             match spare::Spares::start(
                 sandbox.reaper.clone(),
                 cgroups.clone(),
-                config.limits.processes,
+                sandbox.default_processes,
             ) {
                 Ok(spares) => sandbox.spares = Some(spares),
                 Err(error) => tracing::warn!(%error, "no spare processes: jobs fork their own"),
