@@ -288,13 +288,15 @@ async fn a_traceback_shows_the_jobs_own_code_even_when_its_file_was_rewritten() 
         filename: "rewritten.py".into(),
     };
     let ran = run(job(&unique("py"), program, LimitRequest::default())).await;
+    assert_quotes_own_code(&ran, "rewritten.py", "mine");
+}
+
+/// `ran` failed at line 2 of `file` with `raise ValueError('<message>')`, and its traceback
+/// quotes that line from the job's own code.
+fn assert_quotes_own_code(ran: &Ran, file: &str, message: &str) {
     assert_eq!(ran.outcome.status, ExitStatus::Exited(1));
-    assert!(
-        ran.stderr
-            .contains("rewritten.py\", line 2, in <module>\n    raise ValueError('mine')"),
-        "{}",
-        ran.stderr
-    );
+    let quoted = format!("{file}\", line 2, in <module>\n    raise ValueError('{message}')");
+    assert!(ran.stderr.contains(&quoted), "{}", ran.stderr);
 }
 
 #[tokio::test]
@@ -533,13 +535,7 @@ async fn the_cold_python_path_still_works() {
     // Its tracebacks quote the job's own code too, whatever the file holds by then.
     let code = "open(__file__, 'w').write('# rewritten\\n')\nraise ValueError('cold')\n";
     let ran = run_on(runner, job("cold-tb", py(code), LimitRequest::default())).await;
-    assert_eq!(ran.outcome.status, ExitStatus::Exited(1));
-    assert!(
-        ran.stderr
-            .contains("run.py\", line 2, in <module>\n    raise ValueError('cold')"),
-        "{}",
-        ran.stderr
-    );
+    assert_quotes_own_code(&ran, "run.py", "cold");
 }
 
 #[tokio::test]
