@@ -26,19 +26,8 @@ use crate::api_types::{
     JobEvent, JobSummary, LimitsBody, RunPython, RunReply, RunShell, returncode,
 };
 use crate::body::{self, Body};
+use crate::busy::{Asking, BusyHint};
 use crate::executor::{Connection, ExecutorError};
-use crate::recent::Recent;
-
-/// How long after the executor refused a job as busy (its queue full) the frontend refuses
-/// the next ones itself, with the same answer, without asking it.
-pub const BUSY_HINT: Duration = Duration::from_millis(2);
-
-/// The executor's last "busy" refusal, and when: under a flood of jobs (clients that retry
-/// at once) each refusal otherwise costs a round trip to the executor, and the flood waits
-/// on those. For [`BUSY_HINT`] afterwards jobs are refused here; then the executor is asked
-/// again. Any job of this frontend that ends (finished, failed, or its client gone) frees a
-/// place and clears the hint at once, so a place freed here is never refused.
-pub type BusyHint = Recent<nox_protocol::WireError>;
 
 /// Which of the two run endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +125,7 @@ pub async fn run(
             "code and stdin together are larger than {MAX_JOB_INPUT_LEN} bytes"
         )));
     }
-    if let Some(wire) = state.busy.get() {
+    if let Some(wire) = state.busy.refusal() {
         state.metrics.job_refused(language.label());
         tracing::debug!(job_id, error = %wire, "job refused: the executor's queue was full just now");
         return Err(ApiError::wire(&wire));
@@ -149,7 +138,10 @@ pub async fn run(
         "job requested"
     );
 
-    let (connection, first) = match state.executor.call(Request::Run(spec)).await {
+    let asking = Asking::new(&state.busy);
+    let called = state.executor.call(Request::Run(spec)).await;
+    asking.answered();
+    let (connection, first) = match called {
         Ok(called) => called,
         Err(error) => {
             state.metrics.job_refused(language.label());
@@ -619,21 +611,6 @@ fn incomplete_tail_start(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_busy_refusal_is_repeated_only_within_the_hint() {
-        let hint = BusyHint::new(BUSY_HINT);
-        assert_eq!(hint.get(), None);
-        let wire = nox_protocol::WireError::new(nox_protocol::ErrorKind::Busy, "queue full");
-        hint.put(wire.clone());
-        assert_eq!(hint.get(), Some(wire.clone()));
-        // A job ended: its place is free, ask the executor again.
-        hint.clear();
-        assert_eq!(hint.get(), None);
-        hint.put(wire);
-        std::thread::sleep(BUSY_HINT + Duration::from_millis(3));
-        assert_eq!(hint.get(), None, "repeated past {BUSY_HINT:?}");
-    }
 
     #[test]
     fn accept_picks_the_first_streaming_type() {

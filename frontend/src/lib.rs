@@ -16,6 +16,7 @@ pub mod api_error;
 pub mod api_types;
 pub mod auth;
 mod body;
+mod busy;
 pub mod config;
 pub mod denylist;
 pub mod dev;
@@ -86,7 +87,7 @@ pub(crate) struct AppState {
     /// The executor's status as `/health` last read it.
     pub health: recent::Recent<nox_protocol::ExecutorStatus>,
     /// The executor's last "busy" refusal of a job.
-    pub busy: Arc<jobs::BusyHint>,
+    pub busy: Arc<busy::BusyHint>,
     /// Cancelled by `POST /actions/restart`.
     pub restart: CancellationToken,
 }
@@ -184,7 +185,7 @@ fn app_state(
         openapi,
         cpu: host::CpuSampler::default(),
         health: recent::Recent::new(health::FRESH),
-        busy: Arc::new(jobs::BusyHint::new(jobs::BUSY_HINT)),
+        busy: Arc::new(busy::BusyHint::new(busy::BUSY_HINT)),
         restart: CancellationToken::new(),
     };
     tracing::info!(

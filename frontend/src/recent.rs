@@ -1,5 +1,4 @@
-//! A value remembered for a short while: what `/health` last heard from the executor, its
-//! last "busy" refusal of a job.
+//! A value remembered for a short while: what `/health` last heard from the executor.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,10 +28,6 @@ impl<T: Clone> Recent<T> {
 
     pub fn put(&self, value: T) {
         *self.lock() = Some((Instant::now(), value));
-    }
-
-    pub fn clear(&self) {
-        *self.lock() = None;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, T)>> {
