@@ -630,6 +630,27 @@ fn svg(rows: &[Row]) -> String {
     out
 }
 
+/// `nox-bench SECONDS overload`: only the overload cell, its checks printed, nothing
+/// written (for work on the overload path).
+fn overload_only(
+    bin: &Path,
+    runtime: &tokio::runtime::Runtime,
+    frontend_env: impl Fn(idle::Bound) -> [(&'static str, String); 2],
+    duration: Duration,
+) -> Result<(), Failure> {
+    let bound = idle::Bound {
+        max_connections: MAX_CONNECTIONS_RAISED,
+        header_read_timeout_s: HEADER_READ_TIMEOUT_S,
+    };
+    let nox = start_nox(bin, "overload", &[], &frontend_env(bound))?;
+    let checks = runtime.block_on(async {
+        wait_ready(&nox).await?;
+        overload::measure(&nox, duration.max(Duration::from_secs(3))).await
+    })?;
+    println!("{}", markdown(&[], &[], &checks, &[]));
+    Ok(())
+}
+
 fn main() -> Result<(), Failure> {
     let args: Vec<String> = std::env::args().collect();
     let seconds: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3.0);
@@ -649,24 +670,29 @@ fn main() -> Result<(), Failure> {
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&out_dir)?;
 
-    let mut rows = vec![
-        spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 1, settings),
-        spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 2, settings),
-        spawn_floor(
-            "floor: python3 -I -S -c pass",
-            "/usr/bin/python3",
-            &["-I", "-S", "-c", "pass"],
-            1,
-            settings,
-        ),
-        spawn_floor(
-            &format!("floor, paced: spawn /bin/true, {paced_label}"),
-            "/bin/true",
-            &[],
-            1,
-            paced,
-        ),
-    ];
+    let only_overload = args.get(2).map(String::as_str) == Some("overload");
+    let mut rows = if only_overload {
+        Vec::new()
+    } else {
+        vec![
+            spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 1, settings),
+            spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 2, settings),
+            spawn_floor(
+                "floor: python3 -I -S -c pass",
+                "/usr/bin/python3",
+                &["-I", "-S", "-c", "pass"],
+                1,
+                settings,
+            ),
+            spawn_floor(
+                &format!("floor, paced: spawn /bin/true, {paced_label}"),
+                "/bin/true",
+                &[],
+                1,
+                paced,
+            ),
+        ]
+    };
     // Every idle connection is a descriptor here and in the frontend.
     let nofile = raise_nofile(IDLE_CONNECTIONS as u64 + 1024);
     let idle_target =
@@ -691,6 +717,9 @@ fn main() -> Result<(), Failure> {
             ),
         ]
     };
+    if only_overload {
+        return overload_only(&bin, &runtime, frontend_env, settings.duration);
+    }
     // A long queue: the throughput cells must never be refused.
     let nox = start_nox(
         &bin,
