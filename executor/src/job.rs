@@ -534,6 +534,9 @@ impl JobRunner {
         );
         if !watch.cancelled {
             let _ = replies.send(Reply::Finished(outcome)).await;
+            // The connection's writer sends it now; the cleanup after this (the job's
+            // cgroup back to its pool, the scratch directory) waits the one turn.
+            tokio::task::yield_now().await;
         }
         Ok(())
     }
