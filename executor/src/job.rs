@@ -134,7 +134,7 @@ pub struct JobRunner {
     slots: Arc<Semaphore>,
     max_concurrent: u32,
     queued: AtomicU32,
-    running: AtomicU32,
+    running: Arc<AtomicU32>,
     started_at: Instant,
     /// Why jobs are refused, when a required layer is missing.
     refusal: Option<String>,
@@ -156,7 +156,8 @@ impl JobRunner {
                 path: scratch_root.clone(),
                 source,
             })?;
-        let sandbox = Sandbox::new(config, identity, scratches.root())?;
+        let running = Arc::new(AtomicU32::new(0));
+        let sandbox = Sandbox::new(config, identity, scratches.root(), Arc::clone(&running))?;
         let missing = sandbox.missing_required();
         let refusal = (!missing.is_empty()).then(|| {
             missing
@@ -184,7 +185,7 @@ impl JobRunner {
             slots: Arc::new(Semaphore::new(max_concurrent as usize)),
             max_concurrent,
             queued: AtomicU32::new(0),
-            running: AtomicU32::new(0),
+            running,
             started_at: Instant::now(),
             refusal,
         })

@@ -646,6 +646,7 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
     let spare = waiting_spare(&runner).await;
     wait_until_joined(spare).await;
     assert_holds_nothing_of_ours(spare);
+    wait_until_filtered(spare).await;
     let limits = LimitRequest {
         max_processes: Some(9),
         ..LimitRequest::default()
@@ -658,7 +659,8 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
                 "echo $$; grep -E '^Sig(Blk|Ign)' /proc/self/status; ls /proc/self/fd; ",
                 "v1=$(sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup); ",
                 "if [ -n \"$v1\" ]; then cat /sys/fs/cgroup/pids$v1/pids.max; ",
-                "else cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/pids.max; fi",
+                "else cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/pids.max; fi; ",
+                "grep -E '^Seccomp_filters' /proc/self/status",
             )),
             limits,
         ),
@@ -676,6 +678,23 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
     assert_eq!(lines[3..7], ["0", "1", "2", "3"], "{}", ran.stdout);
     // Its cgroup holds the job's own limit.
     assert_eq!(lines[7], "9", "{}", ran.stdout);
+    // The filter the spare loaded while it waited, once: not a second copy on top.
+    assert_eq!(lines[8], "Seccomp_filters:\t1", "{}", ran.stdout);
+}
+
+/// After its cgroup, a spare loads the job's seccomp filter (with `no_new_privs`) and only
+/// then waits: a job handed to it does not pay for the load.
+async fn wait_until_filtered(spare: i32) {
+    for _ in 0..500 {
+        let status = std::fs::read_to_string(format!("/proc/{spare}/status")).unwrap();
+        if status_field(&status, "Seccomp:") == "2" {
+            assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+            assert_eq!(status_field(&status, "Seccomp_filters:"), "1", "{status}");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the spare {spare} has no seccomp filter after 5 s");
 }
 
 /// Cloned, a spare closes what it does not need, then joins its cgroup (at once, or after

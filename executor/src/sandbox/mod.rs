@@ -22,6 +22,8 @@ pub mod zygote;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use nox_protocol::{Layer, LayerStatus, Limits};
 use seccompiler::BpfProgram;
@@ -283,11 +285,13 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Probe the kernel, compile the filter, start the reaper. `probe_dir` is a directory
-    /// where a probe job may run (the state directory).
+    /// where a probe job may run (the state directory); `running` counts the running jobs
+    /// (spares are made more eagerly under light load).
     pub fn new(
         config: &ExecutorConfig,
         identity: JobIdentity,
         probe_dir: &Path,
+        running: Arc<AtomicU32>,
     ) -> Result<Sandbox, SandboxError> {
         let landlock = LandlockPolicy::probe(&config.extra_read_paths);
         let (seccomp, seccomp_error) = match seccomp::job_filter() {
@@ -331,6 +335,8 @@ impl Sandbox {
                 sandbox.reaper.clone(),
                 cgroups.clone(),
                 sandbox.default_processes,
+                sandbox.seccomp.clone(),
+                running,
             ) {
                 Ok(spares) => sandbox.spares = Some(spares),
                 Err(error) => tracing::warn!(%error, "no spare processes: jobs fork their own"),

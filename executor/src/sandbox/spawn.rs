@@ -211,6 +211,16 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     raise_fd(fd)
 }
 
+/// `program` as the kernel takes it.
+pub(super) fn fprog(program: &BpfProgram) -> libc::sock_fprog {
+    libc::sock_fprog {
+        // The filter is refused at compile time if longer than the kernel's 4096.
+        #[allow(clippy::cast_possible_truncation)]
+        len: program.len() as u16,
+        filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+    }
+}
+
 /// Start the job described by `plan`: on `spare` when there is one (it is in its cgroup
 /// already), else in a child forked now. Blocking: returns once the child has exec'd (or
 /// failed to).
@@ -250,12 +260,7 @@ pub fn spawn(
         identity: plan.identity,
         keep_capabilities: plan.keep_capabilities,
         landlock: plan.landlock.as_ref().map_or(-1, AsRawFd::as_raw_fd),
-        seccomp: plan.seccomp.map(|program| libc::sock_fprog {
-            // The filter is refused at compile time if longer than u16::MAX instructions.
-            #[allow(clippy::cast_possible_truncation)]
-            len: program.len() as u16,
-            filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
-        }),
+        seccomp: plan.seccomp.map(fprog),
         error_fd: error_write.as_raw_fd(),
     };
 
@@ -429,7 +434,8 @@ pub(super) struct RawPlan<'a> {
     identity: Option<(u32, u32)>,
     keep_capabilities: u32,
     pub(super) landlock: RawFd,
-    seccomp: Option<libc::sock_fprog>,
+    /// `None` when the child has it already (a spare loads it while it waits).
+    pub(super) seccomp: Option<libc::sock_fprog>,
     pub(super) error_fd: RawFd,
 }
 
