@@ -51,6 +51,9 @@ pub struct ExecutorConfig {
     pub max_queued_jobs: u32,
     /// Layers that must be active for a job to run (fail closed). Names as in `/health`.
     pub required_layers: Vec<String>,
+    /// Whether the executor makes its own network and mount namespaces at start
+    /// (`auto`, `always`, `never`; see `namespaces`).
+    pub namespaces: crate::namespaces::Namespaces,
     /// Ceilings for every job's limits.
     pub limits: LimitsConfig,
 }
@@ -143,6 +146,7 @@ impl Default for ExecutorConfig {
             .iter()
             .map(|layer| layer.name().to_owned())
             .collect(),
+            namespaces: crate::namespaces::Namespaces::Auto,
             limits: LimitsConfig::default(),
         }
     }

@@ -32,6 +32,8 @@ pub enum ExecutorError {
     },
     #[error("could not start the async runtime")]
     Runtime(#[source] io::Error),
+    #[error("could not enter the executor's own namespaces")]
+    Namespaces(#[source] crate::namespaces::NamespaceError),
     #[error("could not register the listening socket with the runtime")]
     RegisterListener(#[source] io::Error),
     #[error("could not install the signal handlers")]

@@ -13,6 +13,7 @@ pub mod activation;
 pub mod config;
 pub mod error;
 pub mod job;
+pub mod namespaces;
 pub mod owners;
 pub mod peer;
 #[allow(unsafe_code)]

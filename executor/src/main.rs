@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use nix::sys::resource::{Resource, setrlimit};
 use nox_executor::activation::{self, ListenerOrigin};
-use nox_executor::{ExecutorConfig, ExecutorError, telemetry};
+use nox_executor::{ExecutorConfig, ExecutorError, namespaces, telemetry};
 use nox_protocol::config::ConfigFile;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
@@ -76,6 +76,26 @@ fn start(args: Args) -> Result<(), ExecutorError> {
         workspace_root = %config.workspace_root.display(),
         "nox-executor starting"
     );
+    // Still one thread: a mount namespace cannot be entered by one of several.
+    let bound = match &origin {
+        ListenerOrigin::Bound { path } => Some(path.as_path()),
+        ListenerOrigin::Inherited { .. } => None,
+    };
+    let always = config.namespaces == namespaces::Namespaces::Always;
+    match namespaces::enter(&config, bound) {
+        Ok(namespaces::Entered::Yes { writable }) => tracing::info!(
+            writable = ?writable,
+            "in its own network and mount namespaces: loopback only; system directories read-only, these read-write, nothing else of the host's file system"
+        ),
+        Ok(namespaces::Entered::No(reason)) => {
+            tracing::info!(reason, "in the host's network and mount namespaces");
+        }
+        Err(error) if !always => tracing::warn!(
+            error = nox_protocol::error_chain(&error),
+            "could not enter its own namespaces; staying in the host's (namespaces = \"auto\")"
+        ),
+        Err(error) => return Err(ExecutorError::Namespaces(error)),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nox-executor")

@@ -432,7 +432,8 @@ impl Sandbox {
                             "no interface but loopback".into()
                         } else {
                             "the host network is visible (run under the systemd unit with \
-                             PrivateNetwork=yes); seccomp still refuses non-Unix sockets"
+                             PrivateNetwork=yes, or as root with namespaces = \"auto\" or \
+                             \"always\"); seccomp still refuses non-Unix sockets"
                                 .into()
                         },
                     ),

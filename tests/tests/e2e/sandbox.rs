@@ -435,3 +435,51 @@ fn a_jobs_pids_cgroup_is_kept_for_later_jobs_empty_and_with_their_own_limit() {
         seen.len()
     );
 }
+
+/// What a job finds of the host, and of the network, when the executor runs in the
+/// namespaces it makes itself outside systemd (`namespaces = "auto"`, as root) and when it
+/// does not (`"never"`): the instance's own files beside the state directory (its config,
+/// its logs), the host's `/run` and `/home`, and any interface but loopback.
+fn what_a_job_sees_of_the_host(nox: &Nox) -> (String, bool) {
+    let dir = nox.dir().display().to_string();
+    let reply = nox.run_sh(&format!(
+        "for p in {dir}/nox.toml {dir}/executor.log /run /home; do test -e $p && echo $p; done; \
+         tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | grep -vx lo || true"
+    ));
+    assert_eq!(reply["returncode"], 0, "{reply}");
+    let health = nox.client().health().expect_json(200);
+    let isolated = health["executor"]["layers"]["network_isolation"]["active"] == true;
+    (stdout(&reply).to_owned(), isolated)
+}
+
+#[test]
+fn outside_systemd_the_executor_shows_jobs_only_the_system_the_state_and_loopback() {
+    let test = "outside_systemd_the_executor_shows_jobs_only_the_system_the_state_and_loopback";
+    if skip_unless_root(test) {
+        return;
+    }
+    let nox = Nox::shared();
+    assert!(
+        nox.dir().join("executor.log").exists(),
+        "the harness keeps the executor's log in {}",
+        nox.dir().display()
+    );
+    let (seen, isolated) = what_a_job_sees_of_the_host(nox);
+    assert_eq!(seen, "", "a job saw these of the host");
+    assert!(isolated, "network_isolation is not active");
+
+    // Without them, the same job sees all of it: the check above can fail.
+    let host = Nox::builder()
+        .executor_toml("namespaces = \"never\"")
+        .start();
+    let (seen, isolated) = what_a_job_sees_of_the_host(&host);
+    let dir = host.dir().display().to_string();
+    assert!(
+        seen.contains(&format!("{dir}/executor.log")) && seen.contains("/run"),
+        "{seen}"
+    );
+    assert!(
+        !isolated,
+        "network_isolation active in the host's namespace"
+    );
+}

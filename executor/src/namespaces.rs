@@ -1,0 +1,292 @@
+//! Outside systemd, the executor makes for itself what its unit gives it under systemd: a
+//! network namespace with nothing but loopback (`PrivateNetwork=yes`), and a mount
+//! namespace whose root holds only what the executor and its jobs use — the system
+//! directories read-only, `/proc`, `/sys`, `/dev`, and read-write the state directory and
+//! the workspace root. Every job inherits both.
+//!
+//! This closes what Landlock cannot on this kernel: `connect()` to a pathname Unix socket
+//! is not an access right Landlock governs (ABI 7), so a job could talk to any host
+//! service whose socket it can name and whose mode lets it in (D-Bus's system bus,
+//! journald's `/dev/log`, a world-writable socket of any daemon). In this view such a
+//! socket is not there to name. It is done once, at start, before any thread exists (a
+//! mount namespace is per `fs_struct`, which threads share), so it costs a job nothing.
+//!
+//! `[executor] namespaces`: `auto` (the default) does it when the executor is root and
+//! not started by systemd (no `INVOCATION_ID`, no `JOURNAL_STREAM`), where the unit does
+//! the same and logs go to the journal through `/run`; `always` requires it (the executor
+//! does not start without it); `never` leaves the executor in the host's namespaces.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use serde::{Deserialize, Serialize};
+
+use crate::ExecutorConfig;
+
+/// Whether the executor makes its own namespaces (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Namespaces {
+    /// When root and not started by systemd.
+    #[default]
+    Auto,
+    /// Required: the executor does not start without them.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// System directories in the view, read-only, with their mounts beneath (those that
+/// exist; a symbolic link, like `/bin` → `usr/bin`, is made again as the same link).
+const SYSTEM: [&str; 9] = [
+    "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc", "/opt",
+];
+
+/// Kernel and device file systems in the view, as they are (cgroups live under `/sys`).
+const KERNEL: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// The directory the new root is built in, under the state directory.
+const BUILD_DIR: &str = ".view";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("could not {step}")]
+    Step {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} must be an absolute path without symbolic links to be kept in the view")]
+    Path(PathBuf),
+}
+
+/// What [`enter`] did.
+#[derive(Debug)]
+pub enum Entered {
+    /// The executor is in its own namespaces; these paths are in the view read-write.
+    Yes { writable: Vec<PathBuf> },
+    /// Not done, and why (`auto` outside its conditions, or `never`).
+    No(&'static str),
+}
+
+/// Enter the executor's own namespaces as `config.namespaces` says. Call it before any
+/// thread exists. `socket`: the path of a socket the executor bound itself, whose
+/// directory stays in the view.
+pub fn enter(config: &ExecutorConfig, socket: Option<&Path>) -> Result<Entered, NamespaceError> {
+    match config.namespaces {
+        Namespaces::Never => return Ok(Entered::No("namespaces = \"never\"")),
+        Namespaces::Always => {}
+        Namespaces::Auto => {
+            if !nix::unistd::geteuid().is_root() {
+                return Ok(Entered::No("not root"));
+            }
+            if std::env::var_os("INVOCATION_ID").is_some()
+                || std::env::var_os("JOURNAL_STREAM").is_some()
+            {
+                return Ok(Entered::No(
+                    "started by systemd: the unit's namespaces apply",
+                ));
+            }
+        }
+    }
+    let mut writable = vec![plain(&config.state_dir)?, plain(&config.workspace_root)?];
+    if let Some(parent) = socket.and_then(Path::parent) {
+        writable.push(plain(parent)?);
+    }
+    let mut readable: Vec<PathBuf> = config.extra_read_paths.clone();
+    for program in [&config.python, &config.shell] {
+        if let Some(parent) = program.parent() {
+            readable.push(parent.to_path_buf());
+        }
+    }
+    for dir in &writable {
+        std::fs::create_dir_all(dir).map_err(step(format!("create {}", dir.display())))?;
+    }
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET)
+        .map_err(errno("unshare the mount and network namespaces".into()))?;
+    build_view(&config.state_dir, &writable, &readable, &systemd_sockets())?;
+    Ok(Entered::Yes { writable })
+}
+
+/// The sockets the executor talks to systemd through, when it has them (`always` under
+/// systemd): kept in the view one by one, so that readiness and the journal still work.
+fn systemd_sockets() -> Vec<PathBuf> {
+    let mut sockets = Vec::new();
+    if let Some(notify) = std::env::var_os("NOTIFY_SOCKET").map(PathBuf::from)
+        && notify.is_absolute()
+    {
+        sockets.push(notify);
+    }
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        sockets.push(PathBuf::from("/run/systemd/journal/socket"));
+    }
+    sockets.retain(|socket| socket.exists());
+    sockets
+}
+
+/// `path`, checked: absolute, and no component a symbolic link (the view is built from
+/// the real paths; a configured path must still lead there inside it).
+fn plain(path: &Path) -> Result<PathBuf, NamespaceError> {
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|part| matches!(part, Component::ParentDir | Component::CurDir))
+    {
+        return Err(NamespaceError::Path(path.to_path_buf()));
+    }
+    let mut walked = PathBuf::from("/");
+    for part in path.components().skip(1) {
+        walked.push(part);
+        if walked
+            .symlink_metadata()
+            .is_ok_and(|meta| meta.is_symlink())
+        {
+            return Err(NamespaceError::Path(path.to_path_buf()));
+        }
+    }
+    Ok(path.to_path_buf())
+}
+
+fn step(what: String) -> impl FnOnce(io::Error) -> NamespaceError {
+    move |source| NamespaceError::Step { step: what, source }
+}
+
+fn errno(what: String) -> impl FnOnce(nix::errno::Errno) -> NamespaceError {
+    move |errno| NamespaceError::Step {
+        step: what,
+        source: errno.into(),
+    }
+}
+
+/// In the new mount namespace: a tmpfs root with the view's mounts, pivoted into.
+fn build_view(
+    state_dir: &Path,
+    writable: &[PathBuf],
+    readable: &[PathBuf],
+    sockets: &[PathBuf],
+) -> Result<(), NamespaceError> {
+    // Nothing done here reaches the host's mounts.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(errno("make every mount private".into()))?;
+    let root = state_dir.join(BUILD_DIR);
+    std::fs::create_dir_all(&root).map_err(step(format!("create {}", root.display())))?;
+    mount(
+        Some("tmpfs"),
+        &root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=1m"),
+    )
+    .map_err(errno(format!("mount a tmpfs on {}", root.display())))?;
+
+    let mut recursive: Vec<PathBuf> = Vec::new();
+    for system in SYSTEM {
+        let source = Path::new(system);
+        let Ok(meta) = source.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_symlink() {
+            let link = std::fs::read_link(source).map_err(step(format!("read {system}")))?;
+            std::os::unix::fs::symlink(&link, inside(&root, source))
+                .map_err(step(format!("link {system} in the view")))?;
+            continue;
+        }
+        bind(&root, source, true, true)?;
+        recursive.push(source.to_path_buf());
+    }
+    for kernel in KERNEL {
+        bind(&root, Path::new(kernel), false, true)?;
+        recursive.push(PathBuf::from(kernel));
+    }
+    // Read-only extras outside what is there already (a Python outside /usr, say).
+    for path in readable {
+        let Ok(real) = path.canonicalize() else {
+            continue;
+        };
+        if !recursive.iter().any(|covered| real.starts_with(covered)) && real.is_dir() {
+            bind(&root, &real, true, true)?;
+            recursive.push(real);
+        }
+    }
+    // Parents first, so that a directory inside another is bound onto the first's.
+    let mut own: Vec<&PathBuf> = writable.iter().collect();
+    own.sort_by_key(|path| path.components().count());
+    own.dedup();
+    for path in own {
+        bind(&root, path, false, false)?;
+    }
+    for socket in sockets {
+        let target = inside(&root, socket);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(step(format!("create {} in the view", parent.display())))?;
+        }
+        std::fs::File::create(&target)
+            .map_err(step(format!("create {} in the view", socket.display())))?;
+        mount(
+            Some(socket),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(errno(format!("bind {} into the view", socket.display())))?;
+    }
+
+    let old = root.join(".old");
+    std::fs::create_dir(&old).map_err(step("create the old root's mount point".into()))?;
+    nix::unistd::pivot_root(&root, &old).map_err(errno("pivot into the view".into()))?;
+    std::env::set_current_dir("/").map_err(step("enter the view".into()))?;
+    umount2("/.old", MntFlags::MNT_DETACH).map_err(errno("detach the old root".into()))?;
+    std::fs::remove_dir("/.old").map_err(step("remove the old root's mount point".into()))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(errno("make the view's root read-only".into()))?;
+    Ok(())
+}
+
+/// Where `path` goes under `root`.
+fn inside(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Bind `source` at the same path under `root`: with the mounts beneath it (`mounts`), or
+/// only its own file system (the state directory holds `root` itself); read-only and
+/// without setuid (`read_only`), else as it is.
+fn bind(root: &Path, source: &Path, read_only: bool, mounts: bool) -> Result<(), NamespaceError> {
+    let target = inside(root, source);
+    let described = || source.display().to_string();
+    std::fs::create_dir_all(&target)
+        .map_err(step(format!("create {} in the view", described())))?;
+    let mut flags = MsFlags::MS_BIND;
+    if mounts {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(Some(source), &target, None::<&str>, flags, None::<&str>)
+        .map_err(errno(format!("bind {} into the view", described())))?;
+    if read_only {
+        // A bind mount takes new flags only on a remount.
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+            None::<&str>,
+        )
+        .map_err(errno(format!("make {} read-only in the view", described())))?;
+    }
+    Ok(())
+}
