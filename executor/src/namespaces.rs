@@ -290,3 +290,41 @@ fn bind(root: &Path, source: &Path, read_only: bool, mounts: bool) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_path_is_absolute_without_dots_or_symbolic_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("state");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(plain(&real).unwrap(), real);
+        // Not there yet is fine (created before the view is built).
+        assert!(plain(&real.join("workspaces")).is_ok());
+        for refused in [
+            link.join("workspaces"),
+            link.clone(),
+            PathBuf::from("state"),
+            dir.path().join("state/../state"),
+        ] {
+            assert!(
+                matches!(plain(&refused), Err(NamespaceError::Path(_))),
+                "{}",
+                refused.display()
+            );
+        }
+    }
+
+    #[test]
+    fn never_leaves_the_executor_in_the_hosts_namespaces() {
+        let config = ExecutorConfig {
+            namespaces: Namespaces::Never,
+            ..ExecutorConfig::default()
+        };
+        assert!(matches!(enter(&config, None), Ok(Entered::No(_))));
+    }
+}

@@ -145,4 +145,10 @@ fn the_executor_refuses_an_invalid_value_and_names_its_key() {
         &[],
         "seccmop",
     );
+    assert_refused_naming(
+        "nox-executor",
+        "[executor]\nnamespaces = \"sometimes\"\n",
+        &[],
+        "sometimes",
+    );
 }
