@@ -90,7 +90,7 @@ fn start(args: Args) -> Result<(), ExecutorError> {
         Ok(namespaces::Entered::No(reason)) => {
             tracing::info!(reason, "in the host's network and mount namespaces");
         }
-        Err(error) if !always => tracing::warn!(
+        Err(error) if !always && error.may_go_on() => tracing::warn!(
             error = nox_protocol::error_chain(&error),
             "could not enter its own namespaces; staying in the host's (namespaces = \"auto\")"
         ),

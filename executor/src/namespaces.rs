@@ -14,7 +14,10 @@
 //! `[executor] namespaces`: `auto` (the default) does it when the executor is root and
 //! not started by systemd (no `INVOCATION_ID`, no `JOURNAL_STREAM`), where the unit does
 //! the same and logs go to the journal through `/run`; `always` requires it (the executor
-//! does not start without it); `never` leaves the executor in the host's namespaces.
+//! does not start without it); `never` leaves the executor in the host's namespaces. With
+//! `auto`, a failure up to the pivot (no `CAP_SYS_ADMIN` in a container, say) is logged and
+//! the executor goes on as before; a failure after it stops the executor in any mode, the
+//! host's root being perhaps still reachable.
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -60,6 +63,21 @@ pub enum NamespaceError {
     },
     #[error("{0} must be an absolute path without symbolic links to be kept in the view")]
     Path(PathBuf),
+    /// In the view, but with the host's root still reachable or the view writable: never
+    /// run jobs like that, whatever `namespaces` says.
+    #[error("entered the view but could not {step}")]
+    Unfinished {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl NamespaceError {
+    /// Whether the executor may go on without its namespaces (nothing was left half done).
+    pub fn may_go_on(&self) -> bool {
+        !matches!(self, NamespaceError::Unfinished { .. })
+    }
 }
 
 /// What [`enter`] did.
@@ -244,9 +262,14 @@ fn build_view(
     let old = root.join(".old");
     std::fs::create_dir(&old).map_err(step("create the old root's mount point".into()))?;
     nix::unistd::pivot_root(&root, &old).map_err(errno("pivot into the view".into()))?;
-    std::env::set_current_dir("/").map_err(step("enter the view".into()))?;
-    umount2("/.old", MntFlags::MNT_DETACH).map_err(errno("detach the old root".into()))?;
-    std::fs::remove_dir("/.old").map_err(step("remove the old root's mount point".into()))?;
+    let unfinished = |what: &str| {
+        let step = what.to_owned();
+        move |source: io::Error| NamespaceError::Unfinished { step, source }
+    };
+    std::env::set_current_dir("/").map_err(unfinished("enter the view"))?;
+    umount2("/.old", MntFlags::MNT_DETACH)
+        .map_err(|errno| unfinished("detach the old root")(errno.into()))?;
+    std::fs::remove_dir("/.old").map_err(unfinished("remove the old root's mount point"))?;
     mount(
         None::<&str>,
         "/",
@@ -254,7 +277,7 @@ fn build_view(
         MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None::<&str>,
     )
-    .map_err(errno("make the view's root read-only".into()))?;
+    .map_err(|errno| unfinished("make the view's root read-only")(errno.into()))?;
     Ok(())
 }
 
