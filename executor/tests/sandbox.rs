@@ -440,7 +440,7 @@ async fn a_warm_python_job_has_every_layer_and_no_inherited_descriptor() {
     let code = r#"
 import os
 status = open('/proc/self/status').read()
-for key in ('CapEff', 'CapPrm', 'CapAmb', 'NoNewPrivs', 'Seccomp'):
+for key in ('CapEff', 'CapPrm', 'CapAmb', 'NoNewPrivs', 'Seccomp', 'Seccomp_filters'):
     print([line for line in status.splitlines() if line.startswith(key + ':')][0])
 print(sorted(int(fd) for fd in os.listdir('/proc/self/fd')))
 print(os.getpgid(0) == os.getpid())
@@ -458,6 +458,8 @@ except OSError:
         "CapAmb:\t0000000000000000",
         "NoNewPrivs:\t1",
         "Seccomp:\t2",
+        // One filter: a spare that loaded it ahead does not load it again.
+        "Seccomp_filters:\t1",
         "[0, 1, 2, 3]", // 3 is the directory listdir opened
         "True",
         "etc refused",
@@ -850,6 +852,8 @@ async fn a_warm_python_job_runs_in_the_cgroup_its_spare_joined_before_the_job_wa
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let spare = waiting.expect("a spare of the zygote waits in a job cgroup");
+        // ... under the job's seccomp filter, loaded before its job exists.
+        wait_until_filtered(spare).await;
         let reserved = pids_cgroup_of(spare);
         let ran = run_on(
             Arc::clone(&runner),
