@@ -229,7 +229,7 @@ fn build_view(
         let Ok(real) = path.canonicalize() else {
             continue;
         };
-        if !recursive.iter().any(|covered| real.starts_with(covered)) && real.is_dir() {
+        if !recursive.iter().any(|covered| real.starts_with(covered)) {
             bind(&root, &real, true, true)?;
             recursive.push(real);
         }
@@ -242,21 +242,7 @@ fn build_view(
         bind(&root, path, false, false)?;
     }
     for socket in sockets {
-        let target = inside(&root, socket);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(step(format!("create {} in the view", parent.display())))?;
-        }
-        std::fs::File::create(&target)
-            .map_err(step(format!("create {} in the view", socket.display())))?;
-        mount(
-            Some(socket),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(errno(format!("bind {} into the view", socket.display())))?;
+        bind(&root, socket, false, false)?;
     }
 
     let old = root.join(".old");
@@ -286,14 +272,21 @@ fn inside(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
-/// Bind `source` at the same path under `root`: with the mounts beneath it (`mounts`), or
-/// only its own file system (the state directory holds `root` itself); read-only and
-/// without setuid (`read_only`), else as it is.
+/// Bind `source` (a directory, a file or a socket) at the same path under `root`: with the
+/// mounts beneath it (`mounts`), or only its own file system (the state directory holds
+/// `root` itself); read-only and without setuid (`read_only`), else as it is.
 fn bind(root: &Path, source: &Path, read_only: bool, mounts: bool) -> Result<(), NamespaceError> {
     let target = inside(root, source);
     let described = || source.display().to_string();
-    std::fs::create_dir_all(&target)
-        .map_err(step(format!("create {} in the view", described())))?;
+    let created = if source.is_dir() {
+        std::fs::create_dir_all(&target)
+    } else {
+        target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::File::create(&target).map(drop))
+    };
+    created.map_err(step(format!("create {} in the view", described())))?;
     let mut flags = MsFlags::MS_BIND;
     if mounts {
         flags |= MsFlags::MS_REC;

@@ -483,3 +483,40 @@ fn outside_systemd_the_executor_shows_jobs_only_the_system_the_state_and_loopbac
         "network_isolation active in the host's namespace"
     );
 }
+
+#[test]
+fn extra_read_paths_are_readable_by_jobs_and_not_writable_files_and_directories_alike() {
+    use std::os::unix::fs::PermissionsExt;
+    // Outside the instance's directory, so that only the configuration puts them in reach
+    // (Landlock, and with the executor's own namespaces, its view).
+    let extra = tempfile::tempdir().expect("a directory for extra read paths");
+    fs::set_permissions(extra.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = extra.path().join("shared-dir");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("inside.txt"), "from a directory\n").unwrap();
+    let file = extra.path().join("shared-file.txt");
+    fs::write(&file, "from a file\n").unwrap();
+    for path in [&dir, &file] {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(dir.join("inside.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    let nox = Nox::builder()
+        .executor_toml(&format!(
+            "extra_read_paths = [{:?}, {:?}]",
+            dir.display().to_string(),
+            file.display().to_string()
+        ))
+        .start();
+    let reply = nox.run_sh(&format!(
+        "cat {dir}/inside.txt {file}; echo x > {dir}/new.txt || echo refused; echo x >> {file} || echo refused",
+        dir = dir.display(),
+        file = file.display(),
+    ));
+    assert_eq!(
+        stdout(&reply),
+        "from a directory\nfrom a file\nrefused\nrefused\n",
+        "{reply}"
+    );
+    assert_eq!(fs::read_to_string(&file).unwrap(), "from a file\n");
+    assert!(!dir.join("new.txt").exists());
+}
