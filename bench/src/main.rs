@@ -110,6 +110,10 @@ const MAX_CONNECTIONS: usize = 1024;
 const HEADER_READ_TIMEOUT_S: u64 = 10;
 /// The second nox (overload) has room for the idle connections that do not fit the first.
 const MAX_CONNECTIONS_RAISED: usize = 4096;
+const RAISED: idle::Bound = idle::Bound {
+    max_connections: MAX_CONNECTIONS_RAISED,
+    header_read_timeout_s: HEADER_READ_TIMEOUT_S,
+};
 /// Idle keep-alive connections to hold.
 const IDLE_CONNECTIONS: usize = 2000;
 
@@ -630,22 +634,38 @@ fn svg(rows: &[Row]) -> String {
     out
 }
 
+/// What the frontend is told of its connection bound.
+fn frontend_env(bound: idle::Bound) -> [(&'static str, String); 2] {
+    [
+        (
+            "NOX_FRONTEND__MAX_CONNECTIONS",
+            bound.max_connections.to_string(),
+        ),
+        (
+            "NOX_FRONTEND__HEADER_READ_TIMEOUT_S",
+            bound.header_read_timeout_s.to_string(),
+        ),
+    ]
+}
+
+/// The second nox: the default job queue (`max_queued_jobs` and `max_concurrent_jobs` left
+/// alone), for the overload cell, and room for the idle connections that do not fit the
+/// first.
+fn start_defaults(bin: &Path) -> Result<Nox, Failure> {
+    start_nox(bin, "defaults", &[], &frontend_env(RAISED))
+}
+
 /// `nox-bench SECONDS overload`: only the overload cell, its checks printed, nothing
 /// written (for work on the overload path).
 fn overload_only(
     bin: &Path,
     runtime: &tokio::runtime::Runtime,
-    frontend_env: impl Fn(idle::Bound) -> [(&'static str, String); 2],
     duration: Duration,
 ) -> Result<(), Failure> {
-    let bound = idle::Bound {
-        max_connections: MAX_CONNECTIONS_RAISED,
-        header_read_timeout_s: HEADER_READ_TIMEOUT_S,
-    };
-    let nox = start_nox(bin, "overload", &[], &frontend_env(bound))?;
+    let nox = start_defaults(bin)?;
     let checks = runtime.block_on(async {
         wait_ready(&nox).await?;
-        overload::measure(&nox, duration.max(Duration::from_secs(3))).await
+        overload::measure(&nox, duration).await
     })?;
     println!("{}", markdown(&[], &[], &checks, &[]));
     Ok(())
@@ -670,29 +690,6 @@ fn main() -> Result<(), Failure> {
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&out_dir)?;
 
-    let only_overload = args.get(2).map(String::as_str) == Some("overload");
-    let mut rows = if only_overload {
-        Vec::new()
-    } else {
-        vec![
-            spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 1, settings),
-            spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 2, settings),
-            spawn_floor(
-                "floor: python3 -I -S -c pass",
-                "/usr/bin/python3",
-                &["-I", "-S", "-c", "pass"],
-                1,
-                settings,
-            ),
-            spawn_floor(
-                &format!("floor, paced: spawn /bin/true, {paced_label}"),
-                "/bin/true",
-                &[],
-                1,
-                paced,
-            ),
-        ]
-    };
     // Every idle connection is a descriptor here and in the frontend.
     let nofile = raise_nofile(IDLE_CONNECTIONS as u64 + 1024);
     let idle_target =
@@ -701,25 +698,32 @@ fn main() -> Result<(), Failure> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if args.get(2).map(String::as_str) == Some("overload") {
+        return overload_only(&bin, &runtime, settings.duration);
+    }
+
+    let mut rows = vec![
+        spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 1, settings),
+        spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 2, settings),
+        spawn_floor(
+            "floor: python3 -I -S -c pass",
+            "/usr/bin/python3",
+            &["-I", "-S", "-c", "pass"],
+            1,
+            settings,
+        ),
+        spawn_floor(
+            &format!("floor, paced: spawn /bin/true, {paced_label}"),
+            "/bin/true",
+            &[],
+            1,
+            paced,
+        ),
+    ];
     let bound = idle::Bound {
         max_connections: MAX_CONNECTIONS,
         header_read_timeout_s: HEADER_READ_TIMEOUT_S,
     };
-    let frontend_env = |bound: idle::Bound| {
-        [
-            (
-                "NOX_FRONTEND__MAX_CONNECTIONS",
-                bound.max_connections.to_string(),
-            ),
-            (
-                "NOX_FRONTEND__HEADER_READ_TIMEOUT_S",
-                bound.header_read_timeout_s.to_string(),
-            ),
-        ]
-    };
-    if only_overload {
-        return overload_only(&bin, &runtime, frontend_env, settings.duration);
-    }
     // A long queue: the throughput cells must never be refused.
     let nox = start_nox(
         &bin,
@@ -808,21 +812,16 @@ fn main() -> Result<(), Failure> {
 
     // Overload against the production queue length (max_queued_jobs and max_concurrent_jobs
     // left at their defaults), and idle connections under a bound that has room for them.
-    let raised = idle::Bound {
-        max_connections: MAX_CONNECTIONS_RAISED,
-        header_read_timeout_s: HEADER_READ_TIMEOUT_S,
-    };
-    let second = start_nox(&bin, "defaults", &[], &frontend_env(raised))?;
+    let second = start_defaults(&bin)?;
     runtime.block_on(async {
         wait_ready(&second).await?;
         eprintln!("overload at four times the job capacity");
-        let duration = settings.duration.max(Duration::from_secs(3));
-        match overload::measure(&second, duration).await {
+        match overload::measure(&second, settings.duration).await {
             Ok(measured) => checks.extend(measured),
             Err(error) => checks.push(failed("overload", &error)),
         }
         eprintln!("{idle_target} idle connections, max_connections {MAX_CONNECTIONS_RAISED}");
-        match idle::measure(&second, raised, idle_target, settings.duration).await {
+        match idle::measure(&second, RAISED, idle_target, settings.duration).await {
             Ok((measured, judged)) => {
                 rows.extend(measured);
                 checks.extend(judged);

@@ -23,6 +23,8 @@ const REFUSAL_P99_TARGET_MS: f64 = 10.0;
 /// The bench's own bound for "stays bounded": neither daemon grows by more than this.
 const RSS_GROWTH_BOUND_KIB: u64 = 32 * 1024;
 const RECOVERY_TARGET_MS: f64 = 100.0;
+/// The shortest wave: the queue must fill and its jobs (0.2 s each) turn over many times.
+const MIN_WAVE: Duration = Duration::from_secs(3);
 /// How soon the first client after the load asks again when refused.
 const RECOVERY_RETRY: Duration = Duration::from_millis(5);
 
@@ -306,8 +308,10 @@ fn time_to_refusal(wave: &Wave, how: &str, duration: Duration, explain: Option<u
     )
 }
 
-/// Overload `nox`, a wave of `duration` for each way of handling refusals, and judge it.
+/// Overload `nox`, a wave of `duration` (at least [`MIN_WAVE`]) for each way of handling
+/// refusals, and judge it.
 pub(crate) async fn measure(nox: &Nox, duration: Duration) -> Result<Vec<Check>, Failure> {
+    let duration = duration.max(MIN_WAVE);
     let port = nox.port;
     let health = client::health(port).await?;
     let executor = &health["executor"];
