@@ -81,7 +81,6 @@ fn start(args: Args) -> Result<(), ExecutorError> {
         ListenerOrigin::Bound { path } => Some(path.as_path()),
         ListenerOrigin::Inherited { .. } => None,
     };
-    let always = config.namespaces == namespaces::Namespaces::Always;
     match namespaces::enter(&config, bound) {
         Ok(namespaces::Entered::Yes { writable }) => tracing::info!(
             writable = ?writable,
@@ -90,7 +89,7 @@ fn start(args: Args) -> Result<(), ExecutorError> {
         Ok(namespaces::Entered::No(reason)) => {
             tracing::info!(reason, "in the host's network and mount namespaces");
         }
-        Err(error) if !always && error.may_go_on() => tracing::warn!(
+        Ok(namespaces::Entered::Failed(error)) => tracing::warn!(
             error = nox_protocol::error_chain(&error),
             "could not enter its own namespaces; staying in the host's (namespaces = \"auto\")"
         ),

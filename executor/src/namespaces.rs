@@ -73,13 +73,6 @@ pub enum NamespaceError {
     },
 }
 
-impl NamespaceError {
-    /// Whether the executor may go on without its namespaces (nothing was left half done).
-    pub fn may_go_on(&self) -> bool {
-        !matches!(self, NamespaceError::Unfinished { .. })
-    }
-}
-
 /// What [`enter`] did.
 #[derive(Debug)]
 pub enum Entered {
@@ -87,12 +80,27 @@ pub enum Entered {
     Yes { writable: Vec<PathBuf> },
     /// Not done, and why (`auto` outside its conditions, or `never`).
     No(&'static str),
+    /// `auto` tried and failed before anything was left half done: the executor goes on in
+    /// the host's namespaces.
+    Failed(NamespaceError),
 }
 
 /// Enter the executor's own namespaces as `config.namespaces` says. Call it before any
 /// thread exists. `socket`: the path of a socket the executor bound itself, whose
 /// directory stays in the view.
 pub fn enter(config: &ExecutorConfig, socket: Option<&Path>) -> Result<Entered, NamespaceError> {
+    match make(config, socket) {
+        Err(error)
+            if config.namespaces == Namespaces::Auto
+                && !matches!(error, NamespaceError::Unfinished { .. }) =>
+        {
+            Ok(Entered::Failed(error))
+        }
+        made => made,
+    }
+}
+
+fn make(config: &ExecutorConfig, socket: Option<&Path>) -> Result<Entered, NamespaceError> {
     match config.namespaces {
         Namespaces::Never => return Ok(Entered::No("namespaces = \"never\"")),
         Namespaces::Always => {}
@@ -123,7 +131,7 @@ pub fn enter(config: &ExecutorConfig, socket: Option<&Path>) -> Result<Entered, 
         std::fs::create_dir_all(dir).map_err(step(format!("create {}", dir.display())))?;
     }
     unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET)
-        .map_err(errno("unshare the mount and network namespaces".into()))?;
+        .map_err(step("unshare the mount and network namespaces"))?;
     build_view(&config.state_dir, &writable, &readable, &systemd_sockets())?;
     Ok(Entered::Yes { writable })
 }
@@ -167,14 +175,19 @@ fn plain(path: &Path) -> Result<PathBuf, NamespaceError> {
     Ok(path.to_path_buf())
 }
 
-fn step(what: String) -> impl FnOnce(io::Error) -> NamespaceError {
-    move |source| NamespaceError::Step { step: what, source }
+/// The error of a failed `what` (an `io::Error` or a `nix` errno).
+fn step<E: Into<io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> NamespaceError {
+    move |source| NamespaceError::Step {
+        step: what.into(),
+        source: source.into(),
+    }
 }
 
-fn errno(what: String) -> impl FnOnce(nix::errno::Errno) -> NamespaceError {
-    move |errno| NamespaceError::Step {
-        step: what,
-        source: errno.into(),
+/// The same after the pivot: the view is half made.
+fn unfinished<E: Into<io::Error>>(what: &str) -> impl FnOnce(E) -> NamespaceError {
+    move |source| NamespaceError::Unfinished {
+        step: what.to_owned(),
+        source: source.into(),
     }
 }
 
@@ -193,7 +206,7 @@ fn build_view(
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(errno("make every mount private".into()))?;
+    .map_err(step("make every mount private"))?;
     let root = state_dir.join(BUILD_DIR);
     std::fs::create_dir_all(&root).map_err(step(format!("create {}", root.display())))?;
     mount(
@@ -203,7 +216,7 @@ fn build_view(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755,size=1m"),
     )
-    .map_err(errno(format!("mount a tmpfs on {}", root.display())))?;
+    .map_err(step(format!("mount a tmpfs on {}", root.display())))?;
 
     let mut recursive: Vec<PathBuf> = Vec::new();
     for system in SYSTEM {
@@ -234,9 +247,10 @@ fn build_view(
             recursive.push(real);
         }
     }
-    // Parents first, so that a directory inside another is bound onto the first's.
+    // Parents first (paths order component by component), so that a directory inside
+    // another is bound onto the first's.
     let mut own: Vec<&PathBuf> = writable.iter().collect();
-    own.sort_by_key(|path| path.components().count());
+    own.sort();
     own.dedup();
     for path in own {
         bind(&root, path, false, false)?;
@@ -246,15 +260,10 @@ fn build_view(
     }
 
     let old = root.join(".old");
-    std::fs::create_dir(&old).map_err(step("create the old root's mount point".into()))?;
-    nix::unistd::pivot_root(&root, &old).map_err(errno("pivot into the view".into()))?;
-    let unfinished = |what: &str| {
-        let step = what.to_owned();
-        move |source: io::Error| NamespaceError::Unfinished { step, source }
-    };
+    std::fs::create_dir(&old).map_err(step("create the old root's mount point"))?;
+    nix::unistd::pivot_root(&root, &old).map_err(step("pivot into the view"))?;
     std::env::set_current_dir("/").map_err(unfinished("enter the view"))?;
-    umount2("/.old", MntFlags::MNT_DETACH)
-        .map_err(|errno| unfinished("detach the old root")(errno.into()))?;
+    umount2("/.old", MntFlags::MNT_DETACH).map_err(unfinished("detach the old root"))?;
     std::fs::remove_dir("/.old").map_err(unfinished("remove the old root's mount point"))?;
     mount(
         None::<&str>,
@@ -263,7 +272,7 @@ fn build_view(
         MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None::<&str>,
     )
-    .map_err(|errno| unfinished("make the view's root read-only")(errno.into()))?;
+    .map_err(unfinished("make the view's root read-only"))?;
     Ok(())
 }
 
@@ -292,7 +301,7 @@ fn bind(root: &Path, source: &Path, read_only: bool, mounts: bool) -> Result<(),
         flags |= MsFlags::MS_REC;
     }
     mount(Some(source), &target, None::<&str>, flags, None::<&str>)
-        .map_err(errno(format!("bind {} into the view", described())))?;
+        .map_err(step(format!("bind {} into the view", described())))?;
     if read_only {
         // A bind mount takes new flags only on a remount.
         mount(
@@ -302,7 +311,7 @@ fn bind(root: &Path, source: &Path, read_only: bool, mounts: bool) -> Result<(),
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
             None::<&str>,
         )
-        .map_err(errno(format!("make {} read-only in the view", described())))?;
+        .map_err(step(format!("make {} read-only in the view", described())))?;
     }
     Ok(())
 }
@@ -332,6 +341,32 @@ mod tests {
                 "{}",
                 refused.display()
             );
+        }
+    }
+
+    #[test]
+    fn auto_goes_on_after_a_failure_before_the_pivot_and_always_stops() {
+        // A state directory through a symbolic link is refused before anything is
+        // unshared, so this test process is left as it was.
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let mut config = ExecutorConfig {
+            state_dir: link.join("state"),
+            workspace_root: link.join("state/workspaces"),
+            namespaces: Namespaces::Always,
+            ..ExecutorConfig::default()
+        };
+        assert!(matches!(enter(&config, None), Err(NamespaceError::Path(_))));
+        config.namespaces = Namespaces::Auto;
+        match enter(&config, None) {
+            Ok(Entered::Failed(NamespaceError::Path(_))) => {}
+            // Not root, or under systemd: auto does not even try.
+            Ok(Entered::No(_))
+                if !nix::unistd::geteuid().is_root()
+                    || std::env::var_os("INVOCATION_ID").is_some()
+                    || std::env::var_os("JOURNAL_STREAM").is_some() => {}
+            other => panic!("{other:?}"),
         }
     }
 
