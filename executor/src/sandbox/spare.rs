@@ -82,20 +82,15 @@ struct SpareStart {
     socket: RawFd,
     /// `cgroup.procs` of its cgroup, or -1.
     cgroup_procs: RawFd,
-    /// The job filter, loaded while the spare waits; it points into [`SpareMemory`].
-    seccomp: Option<libc::sock_fprog>,
+    /// The job filter, loaded while the spare waits.
+    seccomp: Option<Arc<BpfProgram>>,
 }
-
-// SAFETY: the only pointer, the filter's, points into the `Arc<BpfProgram>` kept in the
-// same `SpareMemory` as this start; nothing writes through it.
-unsafe impl Send for SpareStart {}
 
 /// Memory a spare runs on or reads: freed only once it has exec'd or exited.
 #[derive(Debug)]
 pub struct SpareMemory {
     _stack: Box<[u8]>,
     _start: Box<SpareStart>,
-    _seccomp: Option<Arc<BpfProgram>>,
 }
 
 /// A process waiting for a job, in its cgroup already.
@@ -135,7 +130,7 @@ impl Spare {
         let start = Box::new(SpareStart {
             socket: theirs.as_raw_fd(),
             cgroup_procs: cgroup.as_ref().map_or(-1, JobCgroup::procs),
-            seccomp: seccomp.as_deref().map(fprog),
+            seccomp,
         });
         // Zeroed by the allocator (fresh pages), not by a memset.
         let mut stack = vec![0u8; CHILD_STACK].into_boxed_slice();
@@ -154,7 +149,6 @@ impl Spare {
             memory: Some(SpareMemory {
                 _stack: stack,
                 _start: start,
-                _seccomp: seccomp,
             }),
         })
     }
@@ -334,7 +328,8 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
         // The job filter, now rather than on the job's time (its load, mostly the kernel
         // compiling it, is one of the dearest steps of a start). Past this point the spare
         // makes no call the filter denies: setpgid, the one it would, is behind us.
-        if let Some(program) = &start.seccomp
+        let loaded = start.seccomp.as_deref().map(fprog);
+        if let Some(program) = &loaded
             && (libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
                 || libc::syscall(
                     libc::SYS_seccomp,
@@ -409,7 +404,7 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
         }
         local.inherit = &fds[5 + landlock..count];
         local.cgroup_procs = -1; // joined already
-        if let (Some(loaded), Some(wanted)) = (&start.seccomp, &plan.seccomp)
+        if let (Some(loaded), Some(wanted)) = (&loaded, &plan.seccomp)
             && same_program(loaded, wanted)
         {
             local.seccomp = None; // loaded already
