@@ -88,7 +88,15 @@ mod tests {
 
     #[test]
     fn job_ids_come_from_a_bijection_of_the_counter() {
-        for x in [0, 1, 2, 0xdead_beef, u64::MAX, 1 << 63, 0x0123_4567_89ab_cdef] {
+        for x in [
+            0,
+            1,
+            2,
+            0xdead_beef,
+            u64::MAX,
+            1 << 63,
+            0x0123_4567_89ab_cdef,
+        ] {
             assert_eq!(unscramble(scramble(x)), x, "{x:#x}");
         }
         assert_ne!(scramble(0), scramble(1));
