@@ -225,6 +225,16 @@ async fn writes_outside_the_workspace_are_refused_and_inside_it_work() {
 }
 
 #[tokio::test]
+async fn a_shell_job_holds_no_descriptor_but_stdio_though_its_ruleset_is_kept() {
+    // Rulesets are kept for later jobs (any holder of one could add rules to it), so no
+    // job may hold one: twice, so the second most likely runs with the first one's.
+    for _ in 0..2 {
+        let ran = shell("ls /proc/$$/fd | tr '\\n' ' '").await;
+        assert_eq!(ran.stdout, "0 1 2 ", "{}", ran.stderr);
+    }
+}
+
+#[tokio::test]
 async fn the_timeout_kills_the_job_and_every_process_it_forked() {
     let marker = format!("{}.{}", 300 + std::process::id() % 100, std::process::id());
     let spec = job(

@@ -6,14 +6,28 @@
 //!
 //! The ruleset is built in the executor (it opens paths and allocates) and handed to the
 //! child as a descriptor; the child only calls `landlock_restrict_self`.
+//!
+//! A ruleset names directories by inode, not by path, and a job's directories are mostly
+//! ones an earlier job had: its workspace, and a scratch directory kept from an earlier
+//! job of the same workspace (see `scratch`). So rulesets are kept, by the identity
+//! (device, inode) of the directories they let a job write, and a job whose directories
+//! were seen before reuses one: two `open`s and `fstat`s instead of ~40 system calls. A
+//! kept ruleset holds its directories' inodes, so their numbers cannot be reused while
+//! it is kept. INVARIANT: a kept ruleset's descriptor never reaches a job's code — any
+//! holder could add rules to it, for every later job. It is close-on-exec in the executor
+//! and its children, and the Python zygote closes it right after `landlock_restrict_self`.
 
-use std::os::fd::OwnedFd;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, path_beneath_rules,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
 };
+use nix::sys::stat::FileStat;
 
 use super::SandboxError;
 
@@ -26,6 +40,13 @@ const SYSTEM_READ_PATHS: [&str; 12] = [
 /// Device files a job may also write (`> /dev/null` is everywhere in shell scripts).
 const WRITABLE_DEVICES: [&str; 3] = ["/dev/null", "/dev/zero", "/dev/full"];
 
+/// Rulesets kept: more than the scratch directories kept (64) plus the jobs running at
+/// once, so steady work reuses them.
+const KEPT_RULESETS: usize = 128;
+
+/// The identity of a ruleset's writable directories, in order: `(device, inode)` each.
+type Writable = Vec<(u64, u64)>;
+
 /// What every job's ruleset has in common. The system paths are opened once, here, and
 /// held for the executor's lifetime: only a job's own directories are opened per job.
 #[derive(Debug)]
@@ -34,6 +55,8 @@ pub struct LandlockPolicy {
     abi_version: i32,
     /// Read-only system paths and writable devices, with the rights each one gets.
     fixed: Vec<(PathFd, BitFlags<AccessFs>)>,
+    /// Rulesets built, the most recently used first.
+    kept: Mutex<VecDeque<(Writable, Arc<OwnedFd>)>>,
 }
 
 impl LandlockPolicy {
@@ -65,6 +88,7 @@ impl LandlockPolicy {
             abi,
             abi_version,
             fixed: readable.chain(devices).collect(),
+            kept: Mutex::new(VecDeque::with_capacity(KEPT_RULESETS)),
         })
     }
 
@@ -73,8 +97,51 @@ impl LandlockPolicy {
         self.abi_version
     }
 
-    /// A ruleset for one job: `writable` are its workspace and scratch directory.
-    pub fn ruleset(&self, writable: &[&Path]) -> Result<OwnedFd, SandboxError> {
+    /// A ruleset for one job: `writable` are its workspace and scratch directory. Kept
+    /// for later jobs with the same directories; numbered above the descriptors a child
+    /// places (see `spawn::raise_fd`).
+    pub fn ruleset(&self, writable: &[&Path]) -> Result<Arc<OwnedFd>, SandboxError> {
+        let opened = writable
+            .iter()
+            .map(|path| {
+                open_path(path).map_err(|source| SandboxError::OpenDirectory {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let key: Writable = opened
+            .iter()
+            .map(|(_, stat)| (stat.st_dev, stat.st_ino))
+            .collect();
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = kept.iter().position(|(seen, _)| *seen == key)
+            && let Some(entry) = kept.remove(at)
+        {
+            let ruleset = Arc::clone(&entry.1);
+            kept.push_front(entry);
+            return Ok(ruleset);
+        }
+        drop(kept);
+        let ruleset =
+            Arc::new(super::spawn::raise_fd(self.build(&opened)?).map_err(SandboxError::Pipe)?);
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.truncate(KEPT_RULESETS - 1);
+        kept.push_front((key, Arc::clone(&ruleset)));
+        Ok(ruleset)
+    }
+
+    /// Rulesets kept now.
+    #[cfg(test)]
+    fn kept_count(&self) -> usize {
+        self.kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Build a ruleset: the fixed rules, and every right on each of `writable`.
+    fn build(&self, writable: &[(OwnedFd, FileStat)]) -> Result<OwnedFd, SandboxError> {
         let abi = self.abi;
         let build = || -> Result<Option<OwnedFd>, landlock::RulesetError> {
             let mut ruleset = Ruleset::default()
@@ -90,11 +157,21 @@ impl LandlockPolicy {
                 .fixed
                 .iter()
                 .map(|(fd, access)| Ok::<_, landlock::RulesetError>(PathBeneath::new(fd, *access)));
+            // A file gets only the rights that apply to files (as `path_beneath_rules`
+            // does); these are directories in practice.
+            let own = writable.iter().map(|(fd, stat)| {
+                let access = if stat.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    AccessFs::from_all(abi)
+                } else {
+                    AccessFs::from_all(abi) & AccessFs::from_file(abi)
+                };
+                Ok::<_, landlock::RulesetError>(PathBeneath::new(fd.as_fd(), access))
+            });
             let created = ruleset
                 .create()?
                 .no_new_privs(false)
                 .add_rules(fixed)?
-                .add_rules(path_beneath_rules(writable, AccessFs::from_all(abi)))?;
+                .add_rules(own)?;
             Ok(created.into())
         };
         match build() {
@@ -102,5 +179,111 @@ impl LandlockPolicy {
             Ok(None) => Err(SandboxError::LandlockUnavailable),
             Err(source) => Err(SandboxError::Landlock(source)),
         }
+    }
+}
+
+/// `path` opened as `O_PATH` (following symbolic links, as `PathFd` does), with its
+/// status.
+fn open_path(path: &Path) -> io::Result<(OwnedFd, FileStat)> {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let stat = nix::sys::stat::fstat(&fd)?;
+    Ok((fd, stat))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    /// Whether `/bin/sh` restricted by `ruleset` can create a file in `dir`.
+    fn can_write(ruleset: &OwnedFd, dir: &Path) -> bool {
+        let fd = ruleset.as_raw_fd();
+        let mut command = std::process::Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(format!("echo x > '{}/probe'", dir.display()))
+            .stderr(std::process::Stdio::null());
+        // SAFETY: between fork and exec the child makes two async-signal-safe system calls.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_landlock_restrict_self, fd, 0) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.status().is_ok_and(|status| status.success())
+    }
+
+    #[test]
+    fn a_kept_ruleset_serves_the_same_directories_and_never_a_new_one_at_the_same_path() {
+        let Some(policy) = LandlockPolicy::probe(&[]) else {
+            return; // no Landlock in this kernel: nothing is kept
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (work, scratch) = (dir.path().join("work"), dir.path().join("scratch"));
+        std::fs::create_dir(&work).unwrap();
+        std::fs::create_dir(&scratch).unwrap();
+
+        let first = policy.ruleset(&[&work, &scratch]).unwrap();
+        let again = policy.ruleset(&[&work, &scratch]).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the same directories reuse it");
+        assert!(can_write(&again, &scratch));
+        assert!(!can_write(&again, dir.path()), "only the two directories");
+
+        // A new directory at the same path is another inode: a new ruleset, which lets the
+        // job write it, while the kept one would not.
+        std::fs::remove_dir_all(&scratch).unwrap();
+        std::fs::create_dir(&scratch).unwrap();
+        let renewed = policy.ruleset(&[&work, &scratch]).unwrap();
+        assert!(!Arc::ptr_eq(&first, &renewed));
+        assert!(can_write(&renewed, &scratch));
+        assert!(
+            !can_write(&first, &scratch),
+            "the kept one names the old directory"
+        );
+
+        // A directory renamed (as kept scratch directories are) keeps its ruleset.
+        let moved = dir.path().join("moved");
+        std::fs::rename(&scratch, &moved).unwrap();
+        let after_rename = policy.ruleset(&[&work, &moved]).unwrap();
+        assert!(Arc::ptr_eq(&renewed, &after_rename));
+        assert!(can_write(&after_rename, &moved));
+        assert_eq!(policy.kept_count(), 2);
+    }
+
+    #[test]
+    fn rulesets_kept_are_bounded_and_the_least_recently_used_goes_first() {
+        let Some(policy) = LandlockPolicy::probe(&[]) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = (0..=KEPT_RULESETS)
+            .map(|i| {
+                let path = dir.path().join(i.to_string());
+                std::fs::create_dir(&path).unwrap();
+                path
+            })
+            .collect();
+        let first = policy.ruleset(&[&dirs[0]]).unwrap();
+        let second = policy.ruleset(&[&dirs[1]]).unwrap();
+        for path in &dirs[2..KEPT_RULESETS] {
+            policy.ruleset(&[path]).unwrap();
+        }
+        assert_eq!(policy.kept_count(), KEPT_RULESETS);
+        // Using the first again makes the second the least recently used.
+        assert!(Arc::ptr_eq(&first, &policy.ruleset(&[&dirs[0]]).unwrap()));
+        policy.ruleset(&[&dirs[KEPT_RULESETS]]).unwrap();
+        assert_eq!(policy.kept_count(), KEPT_RULESETS);
+        assert!(Arc::ptr_eq(&first, &policy.ruleset(&[&dirs[0]]).unwrap()));
+        assert!(!Arc::ptr_eq(&second, &policy.ruleset(&[&dirs[1]]).unwrap()));
     }
 }

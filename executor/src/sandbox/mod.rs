@@ -491,9 +491,7 @@ impl Sandbox {
             None => None,
         };
         let landlock = match &self.landlock {
-            Some(policy) => {
-                Some(spawn::raise_fd(policy.ruleset(writable)?).map_err(SandboxError::Pipe)?)
-            }
+            Some(policy) => Some(policy.ruleset(writable)?),
             None => None,
         };
         // A spare has a cgroup already; it only needs this job's limit.

@@ -69,7 +69,8 @@ pub struct ChildPlan<'a> {
     /// exec as ambient ones: only for the Python zygote, which changes each job's uid and
     /// kills its process groups. Every job has 0.
     pub keep_capabilities: u32,
-    pub landlock: Option<OwnedFd>,
+    /// The job's Landlock ruleset, shared with later jobs (see `landlock`).
+    pub landlock: Option<std::sync::Arc<OwnedFd>>,
     pub seccomp: Option<&'a BpfProgram>,
 }
 

@@ -277,7 +277,7 @@ impl Zygote {
         self: &Arc<Self>,
         job: &WarmPython<'_>,
         user: Option<(u32, u32)>,
-        landlock: Option<OwnedFd>,
+        landlock: Option<std::sync::Arc<OwnedFd>>,
         cgroup: Option<super::cgroup::JobCgroup>,
         nproc: u64,
     ) -> Result<SpawnedJob, SandboxError> {
