@@ -227,11 +227,60 @@ async fn writes_outside_the_workspace_are_refused_and_inside_it_work() {
 #[tokio::test]
 async fn a_shell_job_holds_no_descriptor_but_stdio_though_its_ruleset_is_kept() {
     // Rulesets are kept for later jobs (any holder of one could add rules to it), so no
-    // job may hold one: twice, so the second most likely runs with the first one's.
+    // job may hold one: twice, so the second most likely runs with the first one's. `ls`
+    // takes the shell's place with what it holds, and opens 3 itself to list them.
     for _ in 0..2 {
-        let ran = shell("ls /proc/$$/fd | tr '\\n' ' '").await;
-        assert_eq!(ran.stdout, "0 1 2 ", "{}", ran.stderr);
+        let ran = shell("exec ls /proc/self/fd").await;
+        assert_eq!(ran.stdout, "0\n1\n2\n3\n", "{}", ran.stderr);
     }
+}
+
+#[tokio::test]
+async fn jobs_and_spares_have_every_signal_at_its_default_though_the_executor_does_not() {
+    // Rust ignores SIGPIPE; this process ignores SIGUSR2 too before the runner's sandbox
+    // (which notes the signals a child must reset) is built.
+    // SAFETY: SIG_IGN for SIGUSR2 in this test process; no handler is involved.
+    unsafe { libc::signal(libc::SIGUSR2, libc::SIG_IGN) };
+    let dir = tempfile::tempdir().unwrap();
+    let runner = own_runner(&dir).await;
+    let defaults = "SigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\n";
+    // The waiting spare, not exec'd yet, has reset them already (before its filter).
+    let spare = waiting_spare(&runner).await;
+    wait_until_filtered(spare).await;
+    let status = std::fs::read_to_string(format!("/proc/{spare}/status")).unwrap();
+    let signals: String = status
+        .lines()
+        .filter(|line| line.starts_with("SigIgn:") || line.starts_with("SigCgt:"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(signals, defaults, "the spare {spare}");
+    // Jobs at once: one on the spare, the others forked.
+    // `cat` reads its own status (grep would show the handler it installs).
+    let check = "sleep 0.2; cat /proc/self/status | grep -E '^Sig(Ign|Cgt)'";
+    let jobs = (0..3).map(|_| {
+        run_on(
+            Arc::clone(&runner),
+            job(&unique("signals"), sh(check), LimitRequest::default()),
+        )
+    });
+    for ran in futures_join(jobs).await {
+        assert_eq!(ran.stdout, defaults, "{}", ran.stderr);
+    }
+}
+
+/// Every future of `futures`, run at once.
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::new();
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
 }
 
 #[tokio::test]

@@ -281,6 +281,8 @@ pub struct Sandbox {
     /// The process limit of a job that asks for none (the ceiling): what a cgroup made
     /// ahead of its job holds.
     default_processes: u64,
+    /// The signals a child sets back to default (see [`spawn::Dispositions`]).
+    dispositions: spawn::Dispositions,
 }
 
 impl Sandbox {
@@ -327,6 +329,7 @@ impl Sandbox {
             zygote: std::sync::Mutex::new(None),
             spares: None,
             default_processes: config.limits.processes,
+            dispositions: spawn::Dispositions::of_this_process(),
         };
         let probe_failure = sandbox.probe(config, probe_dir).err();
         sandbox.layers = sandbox.assess_layers(probe_failure.as_deref());
@@ -336,6 +339,7 @@ impl Sandbox {
                 cgroups.clone(),
                 sandbox.default_processes,
                 sandbox.seccomp.clone(),
+                sandbox.dispositions,
                 running,
             ) {
                 Ok(spares) => sandbox.spares = Some(spares),
@@ -519,6 +523,7 @@ impl Sandbox {
             keep_capabilities: 0,
             landlock,
             seccomp: self.seccomp.as_ref(),
+            dispositions: &self.dispositions,
         };
         spawn::spawn(plan, &self.reaper, spare)
     }

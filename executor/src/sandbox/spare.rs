@@ -52,8 +52,8 @@ use super::Step;
 use super::cgroup::{Cgroups, JobCgroup};
 use super::reaper::{ExitReport, Reaper};
 use super::spawn::{
-    CHILD_STACK, INHERIT_FLOOR, MAX_INHERITED, RawPlan, clone_on, default_dispositions, enter_job,
-    fail, fprog, raise_fd, unblock_signals,
+    CHILD_STACK, Dispositions, INHERIT_FLOOR, MAX_INHERITED, RawPlan, clone_on, enter_job, fail,
+    fprog, raise_fd, unblock_signals,
 };
 
 /// Descriptors a job hands its spare: error pipe, stdin, stdout, stderr, working
@@ -84,6 +84,8 @@ struct SpareStart {
     cgroup_procs: RawFd,
     /// The job filter, loaded while the spare waits.
     seccomp: Option<Arc<BpfProgram>>,
+    /// The signals it sets back to default.
+    dispositions: Dispositions,
 }
 
 /// Memory a spare runs on or reads: freed only once it has exec'd or exited.
@@ -119,6 +121,7 @@ impl Spare {
         reaper: &Reaper,
         cgroup: Option<JobCgroup>,
         seccomp: Option<Arc<BpfProgram>>,
+        dispositions: Dispositions,
     ) -> io::Result<Spare> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -131,6 +134,7 @@ impl Spare {
             socket: theirs.as_raw_fd(),
             cgroup_procs: cgroup.as_ref().map_or(-1, JobCgroup::procs),
             seccomp,
+            dispositions,
         });
         // Zeroed by the allocator (fresh pages), not by a memset.
         let mut stack = vec![0u8; CHILD_STACK].into_boxed_slice();
@@ -315,7 +319,7 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
             next = fd + 1;
         }
         libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
-        default_dispositions();
+        start.dispositions.reset();
         if libc::setpgid(0, 0) != 0 {
             report(Step::ProcessGroup);
         }
@@ -460,6 +464,7 @@ impl Spares {
         cgroups: Cgroups,
         max_processes: u64,
         seccomp: Option<BpfProgram>,
+        dispositions: Dispositions,
         running: Arc<AtomicU32>,
     ) -> io::Result<Spares> {
         let shared = Arc::new(Shared::default());
@@ -468,6 +473,7 @@ impl Spares {
             cgroups,
             max_processes,
             seccomp: seccomp.map(Arc::new),
+            dispositions,
         };
         std::thread::Builder::new()
             .name("nox-spares".into())
@@ -514,6 +520,7 @@ struct Made {
     cgroups: Cgroups,
     max_processes: u64,
     seccomp: Option<Arc<BpfProgram>>,
+    dispositions: Dispositions,
 }
 
 /// `running`: the executor's count of running jobs.
@@ -551,10 +558,14 @@ fn keep_one_ready(shared: &Shared, reaper: &Reaper, made: &Made, running: &Atomi
                 return;
             }
         }
-        let spare = made
-            .cgroups
-            .create(made.max_processes)
-            .and_then(|cgroup| Spare::fork(reaper, Some(cgroup), made.seccomp.clone()));
+        let spare = made.cgroups.create(made.max_processes).and_then(|cgroup| {
+            Spare::fork(
+                reaper,
+                Some(cgroup),
+                made.seccomp.clone(),
+                made.dispositions,
+            )
+        });
         match spare {
             Ok(spare) => lock(shared).spare = Some(spare),
             Err(error) => {

@@ -208,6 +208,7 @@ impl Zygote {
             },
             landlock: None,
             seccomp: None,
+            dispositions: &sandbox.dispositions,
         };
         let spawned = spawn::spawn(plan, &sandbox.reaper, None)?;
         let pid = spawned.pid;
