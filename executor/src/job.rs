@@ -74,6 +74,12 @@ const SHELL_BOOTSTRAP: &str = r#"eval "unset NOX_COMMAND; $NOX_COMMAND""#;
 /// How long pipes are drained after the job's main process ended (its group is killed
 /// by then, so EOF normally comes at once).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// How long a job's `Started` may wait to go out with what follows it: its first output or
+/// its `Finished`, in one write and one wake-up of the frontend instead of two. A job that
+/// ends at once (most) sends both together; one that runs on sends `Started` after this,
+/// or with its first output, whichever comes first.
+const STARTED_HOLD: Duration = Duration::from_millis(2);
 const READ_BUFFER: usize = 64 * 1024;
 
 /// Why a job could not run. User code failing is not here: that is an outcome.
@@ -431,15 +437,13 @@ impl JobRunner {
         };
 
         let mut watch = Watch::new(limits.max_output_bytes);
-        let started_reply = Reply::Started(JobStarted {
+        let mut held = Some(Reply::Started(JobStarted {
             job_id: spec.job_id.clone(),
             queued_ms,
             limits,
-        });
-        if replies.send(started_reply).await.is_err() {
-            watch.cancelled = true;
-            self.sandbox.kill(pid, zygote.as_ref());
-        }
+        }));
+        let hold = tokio::time::sleep(STARTED_HOLD);
+        tokio::pin!(hold);
 
         let mut exit = spawned.exit;
         let mut report: Option<Result<ExitReport, ()>> = None;
@@ -482,6 +486,12 @@ impl JobRunner {
                     watch.cancelled = true;
                     self.sandbox.kill(pid, zygote.as_ref());
                 }
+                () = &mut hold, if held.is_some() => {
+                    if !send_held(&mut held, replies).await {
+                        watch.cancelled = true;
+                        self.sandbox.kill(pid, zygote.as_ref());
+                    }
+                }
                 () = &mut drain, if report.is_some() => break,
             }
             if let Some((stream, n)) = chunk {
@@ -495,7 +505,7 @@ impl JobRunner {
                         stream,
                         data: buffer[..keep].to_vec(),
                     });
-                    if replies.send(reply).await.is_err() {
+                    if !send_held(&mut held, replies).await || replies.send(reply).await.is_err() {
                         watch.cancelled = true;
                         self.sandbox.kill(pid, zygote.as_ref());
                     }
@@ -533,13 +543,21 @@ impl JobRunner {
             memory_bytes = limits.memory_bytes,
             "job finished"
         );
-        if !watch.cancelled {
+        if !watch.cancelled && send_held(&mut held, replies).await {
             let _ = replies.send(Reply::Finished(outcome)).await;
             // The connection's writer sends it now; the cleanup after this (the job's
             // cgroup back to its pool, the scratch directory) waits the one turn.
             tokio::task::yield_now().await;
         }
         Ok(())
+    }
+}
+
+/// Send the held `Started`, if it is still held. False if the connection is gone.
+async fn send_held(held: &mut Option<Reply>, replies: &mpsc::Sender<Reply>) -> bool {
+    match held.take() {
+        Some(started) => replies.send(started).await.is_ok(),
+        None => true,
     }
 }
 

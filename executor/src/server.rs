@@ -340,11 +340,25 @@ impl Conversation {
         loop {
             tokio::select! {
                 reply = receiver.recv() => {
-                    let Some(reply) = reply else {
+                    let Some(mut reply) = reply else {
                         return JobEnd::RunnerGone;
                     };
-                    let last = matches!(reply, Reply::Finished(_) | Reply::Error(_));
-                    if let Err(error) = self.framed.send(reply).await {
+                    // What is queued behind it goes out in the same write (a job's
+                    // `Started` and `Finished`, most often): one wake-up of the frontend.
+                    let last = loop {
+                        let last = matches!(reply, Reply::Finished(_) | Reply::Error(_));
+                        if let Err(error) = self.framed.feed(reply).await {
+                            return JobEnd::Failed(ServerError::Send(error));
+                        }
+                        if last {
+                            break true;
+                        }
+                        match receiver.try_recv() {
+                            Ok(next) => reply = next,
+                            Err(_) => break false,
+                        }
+                    };
+                    if let Err(error) = self.framed.flush().await {
                         return JobEnd::Failed(ServerError::Send(error));
                     }
                     if last {

@@ -284,6 +284,30 @@ where
 }
 
 #[tokio::test]
+async fn started_comes_first_and_soon_even_from_a_silent_job() {
+    // `Started` may wait a moment for what follows it (one write for a short job), but
+    // never for the end of a job that prints nothing for a while.
+    let (tx, mut rx) = mpsc::channel(64);
+    let runner = Arc::clone(&fixture().runner);
+    let spec = job(&unique("silent"), sh("sleep 1"), LimitRequest::default());
+    let begun = std::time::Instant::now();
+    let task = tokio::spawn(async move { runner.run(spec, tx, CancellationToken::new()).await });
+    let first = rx.recv().await.expect("a reply");
+    let waited = begun.elapsed();
+    assert!(matches!(first, Reply::Started(_)), "{first:?}");
+    assert!(
+        waited < std::time::Duration::from_millis(500),
+        "Started came after {waited:?}, with the job's end"
+    );
+    let mut last = None;
+    while let Some(reply) = rx.recv().await {
+        last = Some(reply);
+    }
+    assert!(matches!(last, Some(Reply::Finished(_))), "{last:?}");
+    task.await.unwrap();
+}
+
+#[tokio::test]
 async fn the_timeout_kills_the_job_and_every_process_it_forked() {
     let marker = format!("{}.{}", 300 + std::process::id() % 100, std::process::id());
     let spec = job(
