@@ -523,32 +523,36 @@ impl JobRunner {
         }
 
         let outcome = watch.outcome(&spec.job_id, started, report, &limits);
+        let record = outcome.clone();
+        if !watch.cancelled && send_held(&mut held, replies).await {
+            let _ = replies.send(Reply::Finished(outcome)).await;
+            // The connection's writer sends it now; the record below and the cleanup
+            // after this (the job's cgroup back to its pool, the scratch directory) wait
+            // the one turn.
+            tokio::task::yield_now().await;
+        }
+        // Logged once the reply is on its way: formatting 18 fields (under systemd, and
+        // sending them to the journal) is not the client's wait.
         tracing::info!(
             job_id = %spec.job_id,
             workspace = %spec.workspace,
             language = spec.program.language(),
             pid,
-            status = ?outcome.status,
-            timed_out = outcome.timed_out,
-            limit_hit = ?outcome.limit_hit,
-            duration_ms = outcome.duration_ms,
+            status = ?record.status,
+            timed_out = record.timed_out,
+            limit_hit = ?record.limit_hit,
+            duration_ms = record.duration_ms,
             queued_ms,
-            cpu_ms = outcome.usage.user_ms + outcome.usage.system_ms,
-            max_rss_kib = outcome.usage.max_rss_kib,
-            stdout_bytes = outcome.stdout_bytes,
-            stderr_bytes = outcome.stderr_bytes,
-            truncated = outcome.stdout_truncated || outcome.stderr_truncated,
+            cpu_ms = record.usage.user_ms + record.usage.system_ms,
+            max_rss_kib = record.usage.max_rss_kib,
+            stdout_bytes = record.stdout_bytes,
+            stderr_bytes = record.stderr_bytes,
+            truncated = record.stdout_truncated || record.stderr_truncated,
             cancelled = watch.cancelled,
             timeout_ms = limits.timeout_ms,
             memory_bytes = limits.memory_bytes,
             "job finished"
         );
-        if !watch.cancelled && send_held(&mut held, replies).await {
-            let _ = replies.send(Reply::Finished(outcome)).await;
-            // The connection's writer sends it now; the cleanup after this (the job's
-            // cgroup back to its pool, the scratch directory) waits the one turn.
-            tokio::task::yield_now().await;
-        }
         Ok(())
     }
 }
