@@ -745,7 +745,8 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
                 "v1=$(sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup); ",
                 "if [ -n \"$v1\" ]; then cat /sys/fs/cgroup/pids$v1/pids.max; ",
                 "else cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/pids.max; fi; ",
-                "grep -E '^Seccomp_filters' /proc/self/status",
+                "grep -E '^Seccomp_filters' /proc/self/status; ",
+                "grep -E '^Cpus_allowed_list' /proc/self/status",
             )),
             limits,
         ),
@@ -765,6 +766,15 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
     assert_eq!(lines[7], "9", "{}", ran.stdout);
     // The filter the spare loaded while it waited, once: not a second copy on top.
     assert_eq!(lines[8], "Seccomp_filters:\t1", "{}", ran.stdout);
+    // Pinned to the executor's CPU to be woken there, it took back every CPU it had.
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cpus = |status: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with("Cpus_allowed_list"))
+            .map(str::to_owned)
+    };
+    assert_eq!(cpus(lines[9]), cpus(&ours), "{}", ran.stdout);
 }
 
 /// After its cgroup, a spare loads the job's seccomp filter (with `no_new_privs`) and only

@@ -118,11 +118,12 @@ pub enum Step {
     Seccomp = 13,
     Exec = 14,
     Cgroup = 15,
+    Cpus = 16,
     Unknown = 0,
 }
 
 impl Step {
-    const ALL: [Step; 15] = [
+    const ALL: [Step; 16] = [
         Step::Signals,
         Step::ProcessGroup,
         Step::Cgroup,
@@ -138,6 +139,7 @@ impl Step {
         Step::Landlock,
         Step::Seccomp,
         Step::Exec,
+        Step::Cpus,
     ];
 
     fn from_code(code: u32) -> Step {
@@ -153,6 +155,7 @@ impl Step {
             Step::Signals => "reset signals",
             Step::ProcessGroup => "own process group",
             Step::Cgroup => "join the job's pids cgroup",
+            Step::Cpus => "take back every CPU",
             Step::Stdio => "standard descriptors",
             Step::CloseDescriptors => "close inherited descriptors",
             Step::Rlimits => "rlimits",
@@ -498,8 +501,9 @@ impl Sandbox {
             Some(policy) => Some(policy.ruleset(writable)?),
             None => None,
         };
-        // A spare has a cgroup already; it only needs this job's limit.
-        let mut spare = self.spares.as_ref().and_then(spare::Spares::take);
+        // A spare has a cgroup already; it only needs this job's limit. The next spare is
+        // made once this function returns, the job started.
+        let (mut spare, _make_next) = self.spares.as_ref().and_then(spare::Spares::take).unzip();
         let cgroup = match spare.as_mut() {
             Some(spare) => {
                 if let Some(cgroup) = spare.cgroup_mut() {
