@@ -419,14 +419,20 @@ impl JobRunner {
         let deadline =
             tokio::time::Instant::from_std(started) + Duration::from_millis(limits.timeout_ms);
 
-        let stdin_data = spec.stdin.clone();
-        let stdin = pipe::Sender::from_owned_fd(spawned.stdin);
-        tokio::spawn(async move {
-            // A job that never reads its stdin gets EPIPE here; that is its business.
-            if let Ok(mut stdin) = stdin {
-                let _ = stdin.write_all(&stdin_data).await;
-            }
-        });
+        // Most jobs get no stdin: closing the pipe gives them EOF, without a task (its
+        // spawn woke another runtime thread) or the pipe's registration with the runtime.
+        if spec.stdin.is_empty() {
+            drop(spawned.stdin);
+        } else {
+            let stdin_data = spec.stdin.clone();
+            let stdin = pipe::Sender::from_owned_fd(spawned.stdin);
+            tokio::spawn(async move {
+                // A job that never reads its stdin gets EPIPE here; that is its business.
+                if let Ok(mut stdin) = stdin {
+                    let _ = stdin.write_all(&stdin_data).await;
+                }
+            });
+        }
         let stdout = pipe::Receiver::from_owned_fd(spawned.stdout);
         let stderr = pipe::Receiver::from_owned_fd(spawned.stderr);
         let (Ok(mut stdout), Ok(mut stderr)) = (stdout, stderr) else {
