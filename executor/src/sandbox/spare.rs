@@ -35,9 +35,9 @@
 //! woken on the other, idle CPU started 0.8 ms after its hand-over, while the CPU that
 //! handed it over sat idle).
 //!
-//! One spare waits at a time, made by a thread of its own ([`Spares`]): at once after one
-//! is taken while at most [`LIGHT_LOAD`] jobs run, else once no job has started for
-//! [`QUIET`]. Under load jobs fork as before: a spare's own steps and the wake-ups to make
+//! One spare waits at a time, made by a thread of its own ([`Spares`]): as soon as the job
+//! that took one has started, while at most [`LIGHT_LOAD`] jobs run, else once no job has
+//! started for [`QUIET`]. Under load jobs fork as before: a spare's own steps and the wake-ups to make
 //! and hand it over cost CPU the jobs need (interleaved A/B, `/run_sh` c=32: -6..10 % with
 //! a spare made after every job), while one job after another gains from it (c=1: p50
 //! -0.06 ms with the filter loaded ahead; before that, forking was 0.1 ms faster).
@@ -445,8 +445,11 @@ fn pin_to_current_cpu(pid: i32) {
     let Ok(cpu) = usize::try_from(unsafe { libc::sched_getcpu() }) else {
         return;
     };
-    // SAFETY: an all-zero cpu_set_t is a valid, empty set; CPU_SET stays within it (a
-    // CPU number is below CPU_SETSIZE) and the call only reads it.
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        return; // beyond what a cpu_set_t holds: left where the kernel wakes it
+    }
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set; CPU_SET stays within it (the
+    // CPU number was checked above) and the call only reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
