@@ -419,8 +419,8 @@ impl JobRunner {
         let deadline =
             tokio::time::Instant::from_std(started) + Duration::from_millis(limits.timeout_ms);
 
-        // Most jobs get no stdin: closing the pipe gives them EOF, without a task (its
-        // spawn woke another runtime thread) or the pipe's registration with the runtime.
+        // Most jobs get no stdin: closing the pipe gives them EOF, without a task or the
+        // pipe's registration with the runtime.
         if spec.stdin.is_empty() {
             drop(spawned.stdin);
         } else {
@@ -492,7 +492,7 @@ impl JobRunner {
                     watch.cancelled = true;
                     self.sandbox.kill(pid, zygote.as_ref());
                 }
-                () = &mut hold, if held.is_some() => {
+                () = &mut hold, if held.is_some() && !watch.cancelled => {
                     if !send_held(&mut held, replies).await {
                         watch.cancelled = true;
                         self.sandbox.kill(pid, zygote.as_ref());
