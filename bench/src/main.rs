@@ -6,6 +6,7 @@
 //!    `systemd-socket-activate`), `/health`, `/run_sh {"cmd":"true"}`,
 //!    `/run_py {"code":"print(N)"}` and `/put` 1 KiB, closed loop at each concurrency, every
 //!    reply checked (a `/run_py` reply must print its own N: cross-talk is a wrong answer);
+//!    and `/run_py` at concurrency 1 and 8 on a nox with `python_mode = "cold"`;
 //! 3. the resident memory of both daemons, idle and the most seen under load;
 //! 4. the requirements, each judged against its target: streaming latency of job
 //!    output (direct, and through nginx and Caddy when installed; [`streaming`]), memory
@@ -61,6 +62,10 @@ struct Settings {
     /// loops; [`PACE`] for the paced cells.
     pause: Duration,
 }
+
+/// The label of the cold Python cells (not starting with "POST", so that the warm path's
+/// rows are the ones found by their endpoint).
+const COLD_PYTHON: &str = "cold Python (python_mode = cold): POST /run_py print(N)";
 
 /// The pause of the paced cells: a client that sends a job now and then, as people do,
 /// rather than back to back. Long enough for the kernel to go quiet in between (an RCU
@@ -832,6 +837,37 @@ fn main() -> Result<(), Failure> {
     })?;
     drop(second);
 
+    // Python's cold path (`python_mode = "cold"`: a new interpreter per job) is still a
+    // choice, so it is measured too, on a nox of its own.
+    let cold = start_nox(
+        &bin,
+        "cold",
+        &[("NOX_EXECUTOR__PYTHON_MODE", "cold".to_owned())],
+        &[],
+    )?;
+    runtime.block_on(async {
+        wait_ready(&cold).await?;
+        for concurrency in [1, 8] {
+            let unwatched = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+            let mut measured =
+                load(Endpoint::RunPy, &cold, concurrency, settings, unwatched).await?;
+            measured.what = COLD_PYTHON.to_owned();
+            eprintln!(
+                "{:<28} c={:<3} {:>8.0}/s p50 {:>7.2} ms p99 {:>7.2} ms errors {} wrong {}",
+                measured.what,
+                concurrency,
+                measured.per_second,
+                measured.p50_ms,
+                measured.p99_ms,
+                measured.errors,
+                measured.wrong
+            );
+            rows.push(measured);
+        }
+        Ok::<_, Failure>(())
+    })?;
+    drop(cold);
+
     let floor = |what: &str, c: usize| {
         rows.iter()
             .find(|r| r.what.starts_with("floor:") && r.what.contains(what) && r.concurrency == c)
@@ -910,6 +946,27 @@ fn main() -> Result<(), Failure> {
             format!("{:.0} req/s", n.per_second),
             "≥ 500 req/s".into(),
             n.per_second >= 500.0,
+        ));
+    }
+    if let (Some(f), Some(one), Some(eight)) = (
+        floor("python3", 1),
+        nox_row(COLD_PYTHON, 1),
+        nox_row(COLD_PYTHON, 8),
+    ) {
+        targets.push(Check::new(
+            "Python, cold start (`python_mode = \"cold\"`): still available, measured".into(),
+            format!(
+                "p50 {:.2} ms at c=1, {:.0} req/s at c=8 (a bare `python3 -I -S -c pass`: {:.2} ms); {} errors, {} wrong answers",
+                one.p50_ms,
+                eight.per_second,
+                f.p50_ms,
+                one.errors + eight.errors,
+                one.wrong + eight.wrong
+            ),
+            "every reply right".into(),
+            one.requests > 0
+                && eight.requests > 0
+                && one.errors + eight.errors + one.wrong + eight.wrong == 0,
         ));
     }
     if let Some(n) = nox_row("GET /health", 32) {
