@@ -639,6 +639,14 @@ fn svg(rows: &[Row]) -> String {
     out
 }
 
+/// One throughput row on stderr, as the run goes.
+fn print_row(row: &Row) {
+    eprintln!(
+        "{:<28} c={:<3} {:>8.0}/s p50 {:>7.2} ms p99 {:>7.2} ms errors {} wrong {}",
+        row.what, row.concurrency, row.per_second, row.p50_ms, row.p99_ms, row.errors, row.wrong
+    );
+}
+
 /// What the frontend is told of its connection bound.
 fn frontend_env(bound: idle::Bound) -> [(&'static str, String); 2] {
     [
@@ -765,16 +773,7 @@ fn main() -> Result<(), Failure> {
             for concurrency in [1, 8, 32] {
                 let measured =
                     load(endpoint, &nox, concurrency, settings, Arc::clone(&peak)).await?;
-                eprintln!(
-                    "{:<28} c={:<3} {:>8.0}/s p50 {:>7.2} ms p99 {:>7.2} ms errors {} wrong {}",
-                    measured.what,
-                    concurrency,
-                    measured.per_second,
-                    measured.p50_ms,
-                    measured.p99_ms,
-                    measured.errors,
-                    measured.wrong
-                );
+                print_row(&measured);
                 rows.push(measured);
             }
         }
@@ -847,21 +846,18 @@ fn main() -> Result<(), Failure> {
     )?;
     runtime.block_on(async {
         wait_ready(&cold).await?;
+        let unwatched = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         for concurrency in [1, 8] {
-            let unwatched = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-            let mut measured =
-                load(Endpoint::RunPy, &cold, concurrency, settings, unwatched).await?;
-            measured.what = COLD_PYTHON.to_owned();
-            eprintln!(
-                "{:<28} c={:<3} {:>8.0}/s p50 {:>7.2} ms p99 {:>7.2} ms errors {} wrong {}",
-                measured.what,
+            let mut measured = load(
+                Endpoint::RunPy,
+                &cold,
                 concurrency,
-                measured.per_second,
-                measured.p50_ms,
-                measured.p99_ms,
-                measured.errors,
-                measured.wrong
-            );
+                settings,
+                Arc::clone(&unwatched),
+            )
+            .await?;
+            measured.what = COLD_PYTHON.to_owned();
+            print_row(&measured);
             rows.push(measured);
         }
         Ok::<_, Failure>(())
