@@ -71,13 +71,8 @@ impl LandlockPolicy {
             .iter()
             .map(PathBuf::from)
             .chain(extra_read_paths.iter().cloned());
-        // A file gets only the rights that apply to files (as `path_beneath_rules` does).
         let readable = read_paths.filter_map(|path| {
-            let access = if path.is_file() {
-                AccessFs::from_read(abi) & AccessFs::from_file(abi)
-            } else {
-                AccessFs::from_read(abi)
-            };
+            let access = for_kind(AccessFs::from_read(abi), abi, !path.is_file());
             Some((PathFd::new(&path).ok()?, access))
         });
         let devices = WRITABLE_DEVICES.iter().filter_map(|device| {
@@ -126,6 +121,10 @@ impl LandlockPolicy {
         let ruleset =
             Arc::new(super::spawn::raise_fd(self.build(&opened)?).map_err(SandboxError::Pipe)?);
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another job with the same directories may have built one meanwhile: keep one.
+        if let Some((_, theirs)) = kept.iter().find(|(seen, _)| *seen == key) {
+            return Ok(Arc::clone(theirs));
+        }
         kept.truncate(KEPT_RULESETS - 1);
         kept.push_front((key, Arc::clone(&ruleset)));
         Ok(ruleset)
@@ -157,14 +156,10 @@ impl LandlockPolicy {
                 .fixed
                 .iter()
                 .map(|(fd, access)| Ok::<_, landlock::RulesetError>(PathBeneath::new(fd, *access)));
-            // A file gets only the rights that apply to files (as `path_beneath_rules`
-            // does); these are directories in practice.
+            // Directories in practice.
             let own = writable.iter().map(|(fd, stat)| {
-                let access = if stat.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                    AccessFs::from_all(abi)
-                } else {
-                    AccessFs::from_all(abi) & AccessFs::from_file(abi)
-                };
+                let is_dir = stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                let access = for_kind(AccessFs::from_all(abi), abi, is_dir);
                 Ok::<_, landlock::RulesetError>(PathBeneath::new(fd.as_fd(), access))
             });
             let created = ruleset
@@ -179,6 +174,16 @@ impl LandlockPolicy {
             Ok(None) => Err(SandboxError::LandlockUnavailable),
             Err(source) => Err(SandboxError::Landlock(source)),
         }
+    }
+}
+
+/// `access` as a rule on a directory, or only the part of it that applies to a file (as
+/// `landlock::path_beneath_rules` does).
+fn for_kind(access: BitFlags<AccessFs>, abi: ABI, is_dir: bool) -> BitFlags<AccessFs> {
+    if is_dir {
+        access
+    } else {
+        access & AccessFs::from_file(abi)
     }
 }
 
