@@ -125,14 +125,8 @@ impl std::fmt::Debug for Spare {
 }
 
 impl Spare {
-    /// Clone a spare that joins `cgroup`, loads `seccomp` and waits.
-    pub fn fork(
-        reaper: &Reaper,
-        cgroup: Option<JobCgroup>,
-        seccomp: Option<Arc<BpfProgram>>,
-        dispositions: Dispositions,
-        cpus: Option<libc::cpu_set_t>,
-    ) -> io::Result<Spare> {
+    /// Clone a spare that joins `cgroup`, loads the filter `made` names and waits.
+    fn fork(reaper: &Reaper, cgroup: Option<JobCgroup>, made: &Made) -> io::Result<Spare> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -143,9 +137,9 @@ impl Spare {
         let start = Box::new(SpareStart {
             socket: theirs.as_raw_fd(),
             cgroup_procs: cgroup.as_ref().map_or(-1, JobCgroup::procs),
-            seccomp,
-            dispositions,
-            cpus,
+            seccomp: made.seccomp.clone(),
+            dispositions: made.dispositions,
+            cpus: made.cpus,
         });
         // Zeroed by the allocator (fresh pages), not by a memset.
         let mut stack = vec![0u8; CHILD_STACK].into_boxed_slice();
@@ -520,6 +514,7 @@ impl Spares {
             max_processes,
             seccomp: seccomp.map(Arc::new),
             dispositions,
+            cpus: own_cpus(),
         };
         std::thread::Builder::new()
             .name("nox-spares".into())
@@ -578,11 +573,12 @@ struct Made {
     max_processes: u64,
     seccomp: Option<Arc<BpfProgram>>,
     dispositions: Dispositions,
+    /// The executor's CPUs, which a spare takes back once handed a job.
+    cpus: Option<libc::cpu_set_t>,
 }
 
 /// `running`: the executor's count of running jobs.
 fn keep_one_ready(shared: &Shared, reaper: &Reaper, made: &Made, running: &AtomicU32) {
-    let cpus = own_cpus();
     loop {
         {
             let mut slot = lock(shared);
@@ -616,15 +612,10 @@ fn keep_one_ready(shared: &Shared, reaper: &Reaper, made: &Made, running: &Atomi
                 return;
             }
         }
-        let spare = made.cgroups.create(made.max_processes).and_then(|cgroup| {
-            Spare::fork(
-                reaper,
-                Some(cgroup),
-                made.seccomp.clone(),
-                made.dispositions,
-                cpus,
-            )
-        });
+        let spare = made
+            .cgroups
+            .create(made.max_processes)
+            .and_then(|cgroup| Spare::fork(reaper, Some(cgroup), made));
         match spare {
             Ok(spare) => lock(shared).spare = Some(spare),
             Err(error) => {
