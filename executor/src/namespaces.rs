@@ -1,7 +1,8 @@
 //! Outside systemd, the executor makes for itself what its unit gives it under systemd: a
 //! network namespace with nothing but loopback (`PrivateNetwork=yes`), and a mount
 //! namespace whose root holds only what the executor and its jobs use — the system
-//! directories read-only, `/proc`, `/sys`, `/dev`, and read-write the state directory and
+//! directories read-only, `/proc` (a new instance listing only a job's own processes, as
+//! `ProtectProc=invisible` does), `/sys`, `/dev`, and read-write the state directory and
 //! the workspace root. Every job inherits both.
 //!
 //! This closes what Landlock cannot on this kernel: `connect()` to a pathname Unix socket
@@ -20,6 +21,7 @@
 //! host's root being perhaps still reachable.
 
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -48,7 +50,19 @@ const SYSTEM: [&str; 9] = [
 ];
 
 /// Kernel and device file systems in the view, as they are (cgroups live under `/sys`).
-const KERNEL: [&str; 3] = ["/proc", "/sys", "/dev"];
+/// `/proc` is a new instance instead, as the unit's `ProtectProc=invisible` makes it: the
+/// host's shows every process of every uid, other tenants' jobs with their command lines.
+const KERNEL: [&str; 2] = ["/sys", "/dev"];
+
+/// Options of the view's `/proc`: a process is listed only to those who may ptrace it
+/// (its own uid, or the executor), as systemd's `ProtectProc=invisible`.
+const PROC_OPTIONS: &str = "hidepid=invisible";
+
+/// Files of the kernel's that the view covers with an empty, unreadable one (as systemd's
+/// `InaccessiblePaths=` does in the unit): `/proc/locks` lists every lock on the host with
+/// its holder's pid and inode, the other tenants' jobs' too, and a lock taken and dropped
+/// on a job's own file would be a bit there.
+const HIDDEN: [&str; 1] = ["/proc/locks"];
 
 /// The directory the new root is built in, under the state directory.
 const BUILD_DIR: &str = ".view";
@@ -236,6 +250,34 @@ fn build_view(
     for kernel in KERNEL {
         bind(&root, Path::new(kernel), false, true)?;
         recursive.push(PathBuf::from(kernel));
+    }
+    let proc = inside(&root, Path::new("/proc"));
+    std::fs::create_dir_all(&proc).map_err(step("create /proc in the view"))?;
+    mount(
+        Some("proc"),
+        &proc,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(PROC_OPTIONS),
+    )
+    .map_err(step("mount /proc in the view"))?;
+    recursive.push(PathBuf::from("/proc"));
+    let inaccessible = root.join(".inaccessible");
+    std::fs::File::create(&inaccessible)
+        .and_then(|file| file.set_permissions(std::fs::Permissions::from_mode(0o000)))
+        .map_err(step("create an inaccessible file"))?;
+    for hidden in HIDDEN {
+        let target = inside(&root, Path::new(hidden));
+        if target.exists() {
+            mount(
+                Some(&inaccessible),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(step(format!("hide {hidden} in the view")))?;
+        }
     }
     // Read-only extras outside what is there already (a Python outside /usr, say).
     for path in readable {

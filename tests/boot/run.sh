@@ -596,6 +596,9 @@ fi
 check "a job sees none of the host's /run (no D-Bus or other service sockets)" jtest \
   "$(run_sh 'ls -A /run; ls -A /run/systemd; test -e /run/dbus/system_bus_socket && echo DBUS')" \
   "'DBUS' not in r['stdout'] and 'dbus' not in r['stdout'].split()" "r.get('stdout', r).strip()"
+check "a job sees only its own processes in /proc (not the daemons, not init) and no /proc/locks" jtest \
+  "$(run_sh 'for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | sort -u | tr "\n" " "; echo; cat /proc/locks > /dev/null 2>&1; echo "locks=$?"')" \
+  "'nox-' not in r['stdout'] and 'systemd' not in r['stdout'] and 'sh' in r['stdout'] and 'locks=1' in r['stdout']" "r['stdout'].strip()"
 check "a job has no network (connect to 1.1.1.1:53 fails)" jtest "$(run_py "import socket; socket.create_connection(('1.1.1.1', 53), 1)")" \
   "r['returncode'] != 0" "f\"returncode {r['returncode']}: {r['stderr'].strip().splitlines()[-1:]}\""
 check "/health: network_isolation active, every layer active" jtest "$(ct_t 15 curl -sS http://127.0.0.1:8080/health)" \

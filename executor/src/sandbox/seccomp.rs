@@ -18,8 +18,9 @@
 //!   `EPERM` for the calls denied outright, `ENOSYS` for `clone3` (so libc falls back to
 //!   `clone`, whose flags a filter can read: clone3 passes them in memory, out of a filter's
 //!   reach) — a dozen instructions on any path;
-//! - for the few calls decided by their arguments (socket families, ioctl requests, clone
-//!   flags, personality), a jump into the program `seccompiler` compiles from those rules.
+//! - for the few calls decided by their arguments (socket families, ioctl requests, fcntl's
+//!   `F_NOTIFY`, clone flags, personality), a jump into the program `seccompiler` compiles
+//!   from those rules.
 //!
 //! Everything denied answers `EPERM`, so a job sees an ordinary error it can report. The
 //! tests run the program in a BPF interpreter against the plain `seccompiler` compilation of
@@ -149,6 +150,17 @@ fn denied_syscalls() -> Vec<(i64, &'static str)> {
         ),
         (libc::SYS_name_to_handle_at, "file handles"),
         (libc::SYS_fanotify_init, "watching the filesystem"),
+        // A watch on a file every job can read (`/etc/hostname`) sees another tenant's job
+        // open or read it: a channel between tenants. (fanotify above, dnotify below.)
+        (
+            libc::SYS_inotify_init,
+            "watching files: a cross-job channel",
+        ),
+        (
+            libc::SYS_inotify_init1,
+            "watching files: a cross-job channel",
+        ),
+        (libc::SYS_inotify_add_watch, "watching files"),
         (libc::SYS_lookup_dcookie, "kernel profiling"),
         (libc::SYS_syslog, "the kernel log"),
         (libc::SYS_vhangup, "terminal control"),
@@ -224,6 +236,10 @@ fn argument_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
             ioctl_rules.push(SeccompRule::new(vec![is_request])?);
         }
         rules.insert(libc::SYS_ioctl, ioctl_rules);
+        // fcntl(fd, F_NOTIFY): dnotify, a watch on a directory that sees the reads of other
+        // tenants' jobs in it (`/etc`). `cmd` is an unsigned int: a Dword comparison.
+        let is_notify = condition(1, SeccompCmpOp::Eq, libc::F_NOTIFY as u64)?;
+        rules.insert(libc::SYS_fcntl, vec![SeccompRule::new(vec![is_notify])?]);
         // clone with any namespace flag (arg 0 is the flags on x86_64 and aarch64).
         let mut clone_rules = Vec::new();
         for flag in CLONE_NAMESPACE_FLAGS {
@@ -448,6 +464,9 @@ mod tests {
             libc::SYS_msgget,
             libc::SYS_semget,
             libc::SYS_mq_open,
+            libc::SYS_inotify_init,
+            libc::SYS_inotify_init1,
+            libc::SYS_inotify_add_watch,
         ] {
             assert_eq!(
                 rules.get(&number).map(Vec::len),
@@ -458,13 +477,14 @@ mod tests {
     }
 
     #[test]
-    fn sockets_clone_ioctl_and_personality_are_denied_only_with_their_arguments() {
+    fn sockets_clone_ioctl_fcntl_and_personality_are_denied_only_with_their_arguments() {
         let rules = job_rules().unwrap();
         assert_eq!(rules[&libc::SYS_socket].len(), 1);
         assert_eq!(rules[&libc::SYS_socketpair].len(), 1);
         assert_eq!(rules[&libc::SYS_clone].len(), CLONE_NAMESPACE_FLAGS.len());
         assert_eq!(rules[&libc::SYS_ioctl].len(), 2);
         assert_eq!(rules[&libc::SYS_personality].len(), 1);
+        assert_eq!(rules[&libc::SYS_fcntl].len(), 1);
         assert!(!rules.contains_key(&libc::SYS_execve));
         assert!(
             !rules.contains_key(&libc::SYS_clone3),
@@ -562,6 +582,9 @@ mod tests {
             libc::TIOCLINUX,
             (1 << 32) | libc::TIOCSTI,
             libc::TCGETS,
+            libc::F_NOTIFY as u64,
+            (1 << 32) | libc::F_NOTIFY as u64,
+            libc::F_SETLK as u64,
             libc::SIGCHLD as u64,
             0x0040_0000, // READ_IMPLIES_EXEC
             0x0004_0000, // ADDR_NO_RANDOMIZE
@@ -658,6 +681,15 @@ mod tests {
         );
         let tiocsti = [0, libc::TIOCSTI, 0, 0, 0, 0];
         assert_eq!(answer(libc::SYS_ioctl, AUDIT_ARCH, tiocsti), eperm);
+        let notify = [3, libc::F_NOTIFY as u64, 0, 0, 0, 0];
+        assert_eq!(answer(libc::SYS_fcntl, AUDIT_ARCH, notify), eperm);
+        let high_notify = [3, (1 << 32) | libc::F_NOTIFY as u64, 0, 0, 0, 0];
+        assert_eq!(answer(libc::SYS_fcntl, AUDIT_ARCH, high_notify), eperm);
+        let setfd = [3, libc::F_SETFD as u64, 1, 0, 0, 0];
+        assert_eq!(
+            answer(libc::SYS_fcntl, AUDIT_ARCH, setfd),
+            libc::SECCOMP_RET_ALLOW
+        );
         let newuser = [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0];
         assert_eq!(answer(libc::SYS_clone, AUDIT_ARCH, newuser), eperm);
     }

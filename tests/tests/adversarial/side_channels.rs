@@ -299,6 +299,102 @@ fn an_fcntl_record_lock_on_a_shared_system_file_is_not_visible_to_another_tenant
 }
 
 #[test]
+fn inotify_cannot_watch_another_tenants_job_open_a_shared_file() {
+    let _jobs = common::jobs();
+    let nox = tenants();
+    // IN_ACCESS | IN_OPEN | IN_CLOSE_NOWRITE on a file every job can read: if the watch
+    // could be made, a read by the other tenant's job would be a bit.
+    let first = format!(
+        r#"{PY_SYSCALL}
+import select
+print("inotify_init", *call(253))
+fd, errno = call(294, os.O_NONBLOCK)
+print("inotify_init1", fd, errno)
+print("inotify_add_watch", *call(254, 0, b"/etc/hostname", 0x31))
+if fd >= 0:
+    call(254, fd, b"/etc/hostname", 0x31)
+    seen, _, _ = select.select([fd], [], [], 2.5)
+    print("SAW THE OTHER JOB" if seen else "nothing seen")
+"#
+    );
+    let second = "open('/etc/hostname', 'rb').read()\nprint('read')\n";
+    let (alpha, beta) = alpha_then_beta(nox, &first, second, 10.0);
+    assert_eq!(stdout(&beta), "read\n", "{beta}");
+    assert_eq!(
+        stdout(&alpha),
+        "inotify_init -1 1\ninotify_init1 -1 1\ninotify_add_watch -1 1\n",
+        "inotify on a file both jobs can read is a channel between tenants: {alpha}"
+    );
+    assert_serving(nox);
+}
+
+#[test]
+fn dnotify_cannot_watch_another_tenants_job_read_in_a_shared_directory() {
+    let _jobs = common::jobs();
+    let nox = tenants();
+    let first = "import fcntl, os, signal, time\nseen = []\nsignal.signal(signal.SIGIO, lambda *_: seen.append(1))\nd = os.open('/etc', os.O_RDONLY)\ntry:\n    fcntl.fcntl(d, fcntl.F_NOTIFY, fcntl.DN_ACCESS | fcntl.DN_MULTISHOT)\nexcept OSError as e:\n    print('F_NOTIFY', e.errno)\nelse:\n    time.sleep(2.5)\n    print('SAW THE OTHER JOB' if seen else 'nothing seen')\n";
+    let second = "open('/etc/hostname', 'rb').read()\nprint('read')\n";
+    let (alpha, beta) = alpha_then_beta(nox, first, second, 10.0);
+    assert_eq!(stdout(&beta), "read\n", "{beta}");
+    assert_eq!(
+        stdout(&alpha),
+        "F_NOTIFY 1\n",
+        "dnotify on a directory both jobs can read is a channel between tenants: {alpha}"
+    );
+    assert_serving(nox);
+}
+
+#[test]
+fn proc_locks_does_not_show_another_tenants_locks() {
+    let _jobs = common::jobs();
+    let nox = tenants();
+    // Alpha locks a file of its own workspace (as sqlite does); beta reads the kernel's
+    // list of every lock. Were alpha's there, locking and unlocking would be a bit.
+    let first = "import fcntl, os, time\nf = open('locked.db', 'wb')\nfcntl.lockf(f, fcntl.LOCK_EX)\nfcntl.flock(f, fcntl.LOCK_EX)\nprint(os.fstat(f.fileno()).st_ino)\ntime.sleep(2.5)\n";
+    let second = "try:\n    print(open('/proc/locks').read(), end='')\nexcept OSError as e:\n    print('errno', e.errno)\n";
+    let (alpha, beta) = alpha_then_beta(nox, first, second, 10.0);
+    let inode = stdout(&alpha).trim();
+    assert!(inode.parse::<u64>().is_ok(), "{alpha}");
+    let listed = stdout(&beta);
+    assert!(
+        !listed.contains(&format!(":{inode} ")),
+        "another tenant's lock (inode {inode}) is listed in /proc/locks: {listed}"
+    );
+    assert_serving(nox);
+}
+
+#[test]
+fn a_job_cannot_see_another_tenants_processes_in_proc() {
+    let _jobs = common::jobs();
+    let nox = tenants();
+    let mark = marker();
+    let alpha = nox.client_for("alpha");
+    let beta = nox.client_for("beta");
+    // Beta looks for alpha's process by its command line (world-readable in a /proc without
+    // hidepid): what runs, its arguments, its pid, when it starts and stops.
+    let look = format!(
+        "import os\nseen = []\nfor pid in filter(str.isdigit, os.listdir('/proc')):\n    try:\n        if b'{mark}' in open(f'/proc/{{pid}}/cmdline', 'rb').read():\n            seen.append(pid)\n    except OSError:\n        pass\nprint('SEES', seen) if seen else print('nothing')\n"
+    );
+    let sleeper = json!({
+        "cmd": format!("python3 -c 'import time; time.sleep(2.5)' {mark}; echo {mark}"),
+        "timeout_s": 10
+    });
+    let (alpha, beta) = std::thread::scope(|scope| {
+        let handle = scope.spawn(move || alpha.run("/run_sh", &sleeper));
+        std::thread::sleep(Duration::from_millis(800));
+        let looked = beta.run("/run_py", &json!({ "code": look, "timeout_s": 10 }));
+        (handle.join().expect("alpha's request"), looked)
+    });
+    assert_eq!(stdout(&alpha), format!("{mark}\n"), "{alpha}");
+    assert_eq!(
+        stdout(&beta),
+        "nothing\n",
+        "another tenant's job is visible in /proc: {beta}"
+    );
+    assert_serving(nox);
+}
+
+#[test]
 fn a_job_cannot_open_or_lock_a_file_in_another_workspace() {
     let _jobs = common::jobs();
     let nox = tenants();
