@@ -743,8 +743,8 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
             sh(concat!(
                 "echo $$; grep -E '^Sig(Blk|Ign)' /proc/self/status; ls /proc/self/fd; ",
                 "v1=$(sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup); ",
-                "if [ -n \"$v1\" ]; then cat /sys/fs/cgroup/pids$v1/pids.max; ",
-                "else cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/pids.max; fi; ",
+                "if [ -n \"$v1\" ]; then echo /sys/fs/cgroup/pids$v1; ",
+                "else echo /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup); fi; ",
                 "grep -E '^Seccomp_filters' /proc/self/status; ",
                 "grep -E '^Cpus_allowed_list' /proc/self/status",
             )),
@@ -762,8 +762,10 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
     assert_eq!(mask(lines[1]), 0, "{}", ran.stdout);
     assert_eq!(mask(lines[2]) & 0x7fff_ffff, 0, "{}", ran.stdout);
     assert_eq!(lines[3..7], ["0", "1", "2", "3"], "{}", ran.stdout);
-    // Its cgroup holds the job's own limit.
-    assert_eq!(lines[7], "9", "{}", ran.stdout);
+    // Its cgroup holds the job's own limit (read here: the cgroups' parent is 0700, out of
+    // the job's reach; the emptied cgroup keeps it until another job or spare takes it).
+    let max = std::fs::read_to_string(std::path::Path::new(lines[7]).join("pids.max")).unwrap();
+    assert_eq!(max.trim(), "9", "{}", ran.stdout);
     // The filter the spare loaded while it waited, once: not a second copy on top.
     assert_eq!(lines[8], "Seccomp_filters:\t1", "{}", ran.stdout);
     // Pinned to the executor's CPU to be woken there, it took back every CPU it had.
@@ -977,10 +979,13 @@ async fn a_warm_python_job_runs_in_the_cgroup_its_spare_joined_before_the_job_wa
     };
     let ran = run_on(
         Arc::clone(&runner),
-        job("own-limit", py("import re\nv1 = re.search(r':pids:(.*)', open('/proc/self/cgroup').read())\nprint(open('/sys/fs/cgroup/pids' + v1.group(1) + '/pids.max').read().strip())"), limited),
+        job("own-limit", py("import re\nv1 = re.search(r':pids:(.*)', open('/proc/self/cgroup').read())\nprint('/sys/fs/cgroup/pids' + v1.group(1))"), limited),
     )
     .await;
-    assert_eq!(ran.stdout.trim(), "7", "{}", ran.stderr);
+    // Read here: the job cannot (the cgroups' parent is 0700).
+    let max = std::fs::read_to_string(std::path::Path::new(ran.stdout.trim()).join("pids.max"))
+        .unwrap_or_else(|error| panic!("{error}: {} {}", ran.stdout, ran.stderr));
+    assert_eq!(max.trim(), "7", "{}", ran.stderr);
 }
 
 #[tokio::test]

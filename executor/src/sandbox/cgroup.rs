@@ -24,6 +24,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -190,7 +191,7 @@ impl Cgroups {
         std::fs::write(dir.join("cgroup.subtree_control"), b"+pids")
             .map_err(|error| failed("enable pids", error))?;
         let parent = dir.join(format!("jobs-{}", std::process::id()));
-        make_dir(&parent).map_err(|error| failed("create jobs/", error))?;
+        make_private_dir(&parent).map_err(|error| failed("create jobs/", error))?;
         std::fs::write(parent.join("cgroup.subtree_control"), b"+pids")
             .map_err(|error| failed("enable pids for jobs", error))?;
         sweep(&dir, "jobs-");
@@ -217,7 +218,7 @@ impl Cgroups {
             return Err(format!("cgroup v1: {} is not mounted", dir.display()));
         }
         let parent = dir.join(format!("nox-jobs-{}", std::process::id()));
-        make_dir(&parent).map_err(|error| {
+        make_private_dir(&parent).map_err(|error| {
             format!(
                 "cgroup v1: cannot create {} ({error}; ProtectControlGroups=no?)",
                 parent.display()
@@ -298,6 +299,15 @@ fn make_dir(path: &Path) -> io::Result<()> {
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         other => other,
     }
+}
+
+/// The parent of the job cgroups: `0700`, whatever the umask (the unit's is `0077`, a
+/// shell's `0022`). Jobs run as other uids, so none can list the others' cgroups or read
+/// their `pids.current` and `cgroup.procs` — how many processes a job runs, at will, and
+/// their pids. A job joins its own through a descriptor the executor opened.
+fn make_private_dir(path: &Path) -> io::Result<()> {
+    make_dir(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Remove what executors that are gone left in `dir` (`<prefix><pid>` of a dead pid).

@@ -395,6 +395,25 @@ fn a_job_cannot_see_another_tenants_processes_in_proc() {
 }
 
 #[test]
+fn a_job_cannot_list_or_read_the_cgroups_of_other_jobs() {
+    let _jobs = common::jobs();
+    let nox = tenants();
+    // Alpha holds three processes; beta walks from its own pids cgroup to its siblings,
+    // where every other job's cgroup is, with `pids.current` (how many processes it runs,
+    // a bit at will) and `cgroup.procs` (their pids): by listing, then by guessing names.
+    let first = "import subprocess, time\nkids = [subprocess.Popen(['sleep', '2.5']) for _ in range(3)]\ntime.sleep(2.5)\nprint('done')\n";
+    let second = "import os\nown = [l.strip().split(':', 2)[2] for l in open('/proc/self/cgroup') if l.split(':')[1] in ('pids', '')]\nif not own or 'job-' not in own[0]:\n    print('NO JOB CGROUP', own)\nelse:\n    base = '/sys/fs/cgroup/pids' if os.path.isdir('/sys/fs/cgroup/pids') else '/sys/fs/cgroup'\n    parent = base + os.path.dirname(own[0])\n    try:\n        names = [n for n in os.listdir(parent) if n.startswith('job-')]\n        print('LISTS', len(names), 'job cgroups', [open(f'{parent}/{n}/pids.current').read().strip() for n in names])\n    except OSError as e:\n        print('errno', e.errno)\n    read = 0\n    for n in range(1, 400):\n        try:\n            open(f'{parent}/job-{n}/pids.current').read()\n            read += 1\n        except OSError:\n            pass\n    print('guessed and read', read)\n";
+    let (alpha, beta) = alpha_then_beta(nox, first, second, 10.0);
+    assert_eq!(stdout(&alpha), "done\n", "{alpha}");
+    assert_eq!(
+        stdout(&beta),
+        "errno 13\nguessed and read 0\n",
+        "a job reaches other jobs' cgroups: {beta}"
+    );
+    assert_serving(nox);
+}
+
+#[test]
 fn a_job_cannot_open_or_lock_a_file_in_another_workspace() {
     let _jobs = common::jobs();
     let nox = tenants();
