@@ -358,6 +358,7 @@ impl JobRunner {
             ("NOX_JOB_ID".to_owned(), spec.job_id.clone()),
         ];
         let mut warm = None;
+        let mut direct = None;
         let (program, args, code) = match &spec.program {
             Program::Python { code, filename } => {
                 let shown = workdir.join(filename).display().to_string();
@@ -381,10 +382,14 @@ impl JobRunner {
                 )
             }
             Program::Shell { command } => {
-                // Not `sh -c <command>`: argv is readable by everyone in /proc/<pid>/cmdline.
-                // The command travels in the environment, which /proc guards with ptrace
-                // access checks (refused across jobs by Landlock, across uids by the
-                // kernel), and the shell evaluates it, unsetting the variable first.
+                // One program with plain words needs no shell (see `crate::direct`): its
+                // words become its argv, as the shell would have passed them on.
+                direct = crate::direct::direct_exec(command, &env, workdir);
+                // Else not `sh -c <command>`: argv is readable in /proc/<pid>/cmdline where
+                // the environment is not. The command travels in the environment, which
+                // /proc guards with ptrace access checks (refused across jobs by Landlock,
+                // across uids by the kernel), and the shell evaluates it, unsetting the
+                // variable first. (What the shell execs shows its argv either way.)
                 env.push(("NOX_COMMAND".to_owned(), command.clone()));
                 (
                     self.config.shell.clone(),
@@ -400,6 +405,7 @@ impl JobRunner {
             workdir: workdir.to_path_buf(),
             code,
             limits: *limits,
+            direct,
         };
         (command, warm)
     }

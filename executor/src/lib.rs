@@ -11,6 +11,7 @@
 
 pub mod activation;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod job;
 pub mod namespaces;

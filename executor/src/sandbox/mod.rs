@@ -361,6 +361,7 @@ impl Sandbox {
             workdir: dir.to_path_buf(),
             code: None,
             limits: Limits::default(),
+            direct: None,
         };
         let started = self
             .spawn(&command, &[dir], None)
@@ -488,6 +489,10 @@ impl Sandbox {
         user: Option<(u32, u32)>,
     ) -> Result<SpawnedJob, SandboxError> {
         let (program, argv, envp) = spawn::command_strings(command)?;
+        let direct = match &command.direct {
+            Some(direct) => Some(spawn::DirectStrings::new(direct)?),
+            None => None,
+        };
         let workdir =
             spawn::open_dir(&command.workdir).map_err(|source| SandboxError::OpenDirectory {
                 path: command.workdir.clone(),
@@ -528,6 +533,7 @@ impl Sandbox {
             landlock,
             seccomp: self.seccomp.as_ref(),
             dispositions: &self.dispositions,
+            direct,
         };
         spawn::spawn(plan, &self.reaper, spare)
     }

@@ -49,6 +49,46 @@ pub struct JobCommand {
     /// Bytes readable on descriptor 3 (the Python source), if any.
     pub code: Option<Vec<u8>>,
     pub limits: Limits,
+    /// A program to exec instead of `program`, when one of its paths execs (a shell job
+    /// that needs no shell, see `crate::direct`); `program` runs when none does.
+    pub direct: Option<DirectExec>,
+}
+
+/// A program tried before the job's own one: the paths in order, the first that execs is
+/// the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectExec {
+    pub paths: Vec<PathBuf>,
+    /// argv, argv\[0\] included.
+    pub argv: Vec<String>,
+    /// The whole environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// [`DirectExec`] as C strings, built before the fork.
+#[derive(Debug)]
+pub struct DirectStrings {
+    paths: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+impl DirectStrings {
+    pub fn new(direct: &DirectExec) -> Result<DirectStrings, SandboxError> {
+        Ok(DirectStrings {
+            paths: direct
+                .paths
+                .iter()
+                .map(|path| c_path(path, "program path"))
+                .collect::<Result<_, _>>()?,
+            argv: direct
+                .argv
+                .iter()
+                .map(|arg| c_string(arg.as_bytes(), "command argument"))
+                .collect::<Result<_, _>>()?,
+            envp: environment(&direct.env)?,
+        })
+    }
 }
 
 /// Everything the child needs, prepared before the fork.
@@ -74,6 +114,8 @@ pub struct ChildPlan<'a> {
     pub seccomp: Option<&'a BpfProgram>,
     /// The signals the child sets back to their default disposition.
     pub dispositions: &'a Dispositions,
+    /// Tried before `program` (see [`JobCommand::direct`]).
+    pub direct: Option<DirectStrings>,
 }
 
 /// `libc::setrlimit`'s resource type differs between libc flavours.
@@ -156,14 +198,14 @@ pub fn command_strings(
     for arg in &command.args {
         argv.push(c_string(arg.as_bytes(), "command or code argument")?);
     }
-    let mut envp = Vec::with_capacity(command.env.len());
-    for (key, value) in &command.env {
-        envp.push(c_string(
-            format!("{key}={value}").as_bytes(),
-            "environment",
-        )?);
-    }
-    Ok((program, argv, envp))
+    Ok((program, argv, environment(&command.env)?))
+}
+
+/// `KEY=value` strings of an environment.
+fn environment(env: &[(String, String)]) -> Result<Vec<CString>, SandboxError> {
+    env.iter()
+        .map(|(key, value)| c_string(format!("{key}={value}").as_bytes(), "environment"))
+        .collect()
 }
 
 /// A pipe whose both ends are close-on-exec and numbered 4 or above, so that placing
@@ -249,6 +291,19 @@ pub fn spawn(
         .or_else(|| spare.as_mut().and_then(Spare::take_cgroup));
     let argv_ptrs = null_terminated(&plan.argv);
     let envp_ptrs = null_terminated(&plan.envp);
+    let direct_paths: Vec<*const libc::c_char> = plan
+        .direct
+        .iter()
+        .flat_map(|direct| direct.paths.iter().map(|path| path.as_ptr()))
+        .collect();
+    let direct_argv = plan
+        .direct
+        .as_ref()
+        .map(|direct| null_terminated(&direct.argv));
+    let direct_envp = plan
+        .direct
+        .as_ref()
+        .map(|direct| null_terminated(&direct.envp));
     let raw = RawPlan {
         program: plan.program.as_ptr(),
         argv: argv_ptrs.as_ptr(),
@@ -266,6 +321,13 @@ pub fn spawn(
         seccomp: plan.seccomp.map(fprog),
         error_fd: error_write.as_raw_fd(),
         dispositions: plan.dispositions,
+        direct_paths: &direct_paths,
+        direct_argv: direct_argv
+            .as_ref()
+            .map_or(std::ptr::null(), |argv| argv.as_ptr()),
+        direct_envp: direct_envp
+            .as_ref()
+            .map_or(std::ptr::null(), |envp| envp.as_ptr()),
     };
 
     let started = Instant::now();
@@ -442,6 +504,10 @@ pub(super) struct RawPlan<'a> {
     pub(super) seccomp: Option<libc::sock_fprog>,
     pub(super) error_fd: RawFd,
     dispositions: &'a Dispositions,
+    /// Paths tried with `direct_argv` and `direct_envp` before `program` (empty: none).
+    direct_paths: &'a [*const libc::c_char],
+    direct_argv: *const *const libc::c_char,
+    direct_envp: *const *const libc::c_char,
 }
 
 /// `struct __user_cap_header_struct`.
@@ -737,6 +803,11 @@ pub(super) unsafe fn enter_job(plan: &RawPlan<'_>) -> ! {
             ) != 0
         {
             fail(Step::Seccomp);
+        }
+        // A plain shell command: its program, found as the shell would; a path that does
+        // not exec leaves this process as it was, and the shell runs the command after all.
+        for path in plan.direct_paths {
+            libc::execve(*path, plan.direct_argv, plan.direct_envp);
         }
         libc::execve(plan.program, plan.argv, plan.envp);
         fail(Step::Exec)

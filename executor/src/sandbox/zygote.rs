@@ -180,6 +180,7 @@ impl Zygote {
             workdir: workdir.to_path_buf(),
             code: None,
             limits: nox_protocol::Limits::default(),
+            direct: None,
         };
         let (program_path, argv, envp) = spawn::command_strings(&command)?;
         let workdir_fd =
@@ -209,6 +210,7 @@ impl Zygote {
             landlock: None,
             seccomp: None,
             dispositions: &sandbox.dispositions,
+            direct: None,
         };
         let spawned = spawn::spawn(plan, &sandbox.reaper, None)?;
         let pid = spawned.pid;

@@ -191,3 +191,125 @@ fn a_marker_process_scan_finds_a_live_process() {
     let _ = child.wait();
     assert_eq!(found.len(), 1, "{found:?}");
 }
+
+/// The job's outcome as the client sees it.
+fn outcome(reply: &Value) -> (Value, Value, Value, Value) {
+    (
+        reply["returncode"].clone(),
+        reply["signal"].clone(),
+        reply["stdout"].clone(),
+        reply["stderr"].clone(),
+    )
+}
+
+#[test]
+fn a_plain_command_is_its_own_process_with_the_environment_the_shell_would_give() {
+    let nox = Nox::shared();
+    let executor = nox.executor_pid().expect("the executor runs");
+    // `cat` of its own stat: field 4 is the parent. Under a shell it would be the shell.
+    let reply = nox.run_sh("cat /proc/self/stat");
+    assert_eq!(reply["returncode"], 0, "{reply}");
+    let stat = reply["stdout"].as_str().unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or_default();
+    let parent: i32 = after_name
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .unwrap_or_else(|| panic!("no parent in {stat:?}"));
+    assert_eq!(
+        parent, executor,
+        "a plain command ran under a shell: {stat}"
+    );
+    // The same variables as a command that goes through the shell (a pipe), NOX_COMMAND
+    // not among them and PWD the workspace; only the job id and scratch directory differ.
+    let variables = |reply: &Value| -> Vec<String> {
+        let mut lines: Vec<String> = reply["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| !line.starts_with("NOX_JOB_ID=") && !line.starts_with("TMPDIR="))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let direct = nox.run_sh("env");
+    let shelled = nox.run_sh("env | cat");
+    assert_eq!(
+        variables(&direct),
+        variables(&shelled),
+        "{direct}\n{shelled}"
+    );
+    assert!(
+        variables(&direct)
+            .iter()
+            .any(|line| line.starts_with("PWD=/")),
+        "{direct}"
+    );
+    assert!(
+        !direct["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("NOX_COMMAND")
+    );
+}
+
+#[test]
+fn what_cannot_be_exec_directly_runs_in_the_shell_with_the_shells_own_answer() {
+    let nox = Nox::shared();
+    nox.put(
+        "nox-direct-script",
+        b"echo from a script without a shebang line\n",
+    )
+    .expect_json(200);
+    nox.put("nox-direct-data.txt", b"data\n").expect_json(200);
+    let chmod = nox.run_sh("chmod 755 nox-direct-script");
+    assert_eq!(chmod["returncode"], 0, "{chmod}");
+    // Each plain command next to the same command quoted, which always takes the shell.
+    for (plain, quoted, returncode) in [
+        ("nox-no-such-program-x", "'nox-no-such-program-x'", 127),
+        ("./nox-no-such-file", "'./nox-no-such-file'", 127),
+        ("./nox-direct-data.txt", "'./nox-direct-data.txt'", 126),
+        ("./nox-direct-script", "'./nox-direct-script'", 0),
+        ("/usr", "'/usr'", 126),
+    ] {
+        let direct = nox.run_sh(plain);
+        let shelled = nox.run_sh(quoted);
+        assert_eq!(direct["returncode"], returncode, "{plain}: {direct}");
+        assert_eq!(
+            outcome(&direct),
+            outcome(&shelled),
+            "{plain}: {direct}\n{shelled}"
+        );
+    }
+    let script = nox.run_sh("./nox-direct-script");
+    assert_eq!(
+        script["stdout"], "from a script without a shebang line\n",
+        "{script}"
+    );
+}
+
+#[test]
+fn builtins_keep_the_shells_behaviour_and_a_plain_program_killed_by_a_signal_says_so() {
+    let nox = Nox::shared();
+    // dash's echo prints -e; /bin/echo would take it as an option.
+    let echo = nox.run_sh("echo -e x");
+    assert_eq!(echo["stdout"], "-e x\n", "{echo}");
+    assert_eq!(nox.run_sh("true")["returncode"], 0);
+    assert_eq!(nox.run_sh("false")["returncode"], 1);
+    // A program that dies of SIGSEGV: the job ends with the signal, as `sh -c prog` and
+    // subprocess report it; through the shell's evaluation it is exit code 139.
+    nox.put(
+        "nox-segv.py",
+        b"import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n",
+    )
+    .expect_json(200);
+    let direct = nox.run_sh("python3 nox-segv.py");
+    assert_eq!(
+        (direct["returncode"].clone(), direct["signal"].clone()),
+        (json!(-11), json!(11)),
+        "{direct}"
+    );
+    let shelled = nox.run_sh("python3 nox-segv.py; exit $?");
+    assert_eq!(shelled["returncode"], 139, "{shelled}");
+}

@@ -3,8 +3,16 @@
 
 use std::fs;
 
-use nox_e2e::{Nox, skip_unless_root, unique};
+use nox_e2e::{Nox, processes_with, random_hex, skip_unless_root, unique};
 use serde_json::Value;
+
+/// Six random decimal digits.
+fn random_digits() -> String {
+    random_hex(6)
+        .bytes()
+        .map(|byte| char::from(b'0' + byte % 10))
+        .collect()
+}
 
 fn stdout(reply: &Value) -> &str {
     reply["stdout"].as_str().unwrap_or_default()
@@ -385,21 +393,44 @@ fn a_jobs_pids_cgroup_is_kept_for_later_jobs_empty_and_with_their_own_limit() {
     }
     let mut seen = std::collections::BTreeSet::new();
     for (round, processes) in [48u64, 30, 30, 48, 20, 48, 30, 20].into_iter().enumerate() {
-        // The job leaves a process behind in its group; it is killed with the job. The
-        // job cannot read its cgroup (the parent is 0700 to root): the test reads the
-        // limit, which stays until the cgroup is handed to the next job, sent below.
-        let reply = nox.client().run(
-            "/run_sh",
-            &serde_json::json!({
-                "cmd": "sleep 60 & cat /proc/self/cgroup",
-                "limits": { "processes": processes }
-            }),
+        // The job leaves a process behind in its group; it is killed with the job. The job
+        // cannot read its cgroup (the parent is 0700 to root): the test finds it from the
+        // job's processes, marked, and reads the limit while the job runs (once it is
+        // over, the cgroup may be another job's or spare's already).
+        let marker = format!("300.{}{round}", random_digits());
+        let nox_ref = &nox;
+        let (reply, dir, max) = std::thread::scope(|scope| {
+            let job = scope.spawn(|| {
+                nox_ref.client().run(
+                    "/run_sh",
+                    &serde_json::json!({
+                        "cmd": format!("sleep {marker} & cat /proc/self/cgroup; sleep {marker}"),
+                        "limits": { "processes": processes },
+                        "timeout_s": 1
+                    }),
+                )
+            });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut found = None;
+            while found.is_none() && std::time::Instant::now() < deadline {
+                found = processes_with(&marker).into_iter().find_map(|(pid, _)| {
+                    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+                    let dir = pids_cgroup_dir(&cgroup)?;
+                    let max = fs::read_to_string(dir.join("pids.max")).ok()?;
+                    Some((dir, max))
+                });
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let (dir, max) = found.unwrap_or_else(|| panic!("round {round}: no job process"));
+            (job.join().expect("the job's request"), dir, max)
+        });
+        assert_eq!(reply["timed_out"], true, "{reply}");
+        assert_eq!(
+            pids_cgroup_dir(stdout(&reply)).as_ref(),
+            Some(&dir),
+            "round {round}: {reply}"
         );
-        assert_eq!(reply["returncode"], 0, "{reply}");
-        let dir = pids_cgroup_dir(stdout(&reply))
-            .unwrap_or_else(|| panic!("round {round}: no pids cgroup in {reply}"));
         // Its own limit, whichever job had the cgroup before.
-        let max = fs::read_to_string(dir.join("pids.max")).unwrap_or_default();
         assert_eq!(
             max.trim(),
             processes.to_string(),
