@@ -300,8 +300,6 @@ fn an_fcntl_record_lock_on_a_shared_system_file_is_not_visible_to_another_tenant
 
 #[test]
 fn inotify_cannot_watch_another_tenants_job_open_a_shared_file() {
-    let _jobs = common::jobs();
-    let nox = tenants();
     // IN_ACCESS | IN_OPEN | IN_CLOSE_NOWRITE on a file every job can read: if the watch
     // could be made, a read by the other tenant's job would be a bit.
     let first = format!(
@@ -317,31 +315,36 @@ if fd >= 0:
     print("SAW THE OTHER JOB" if seen else "nothing seen")
 "#
     );
-    let second = "open('/etc/hostname', 'rb').read()\nprint('read')\n";
-    let (alpha, beta) = alpha_then_beta(nox, &first, second, 10.0);
+    watch_while_beta_reads_etc_hostname(
+        &first,
+        "inotify_init -1 1\ninotify_init1 -1 1\ninotify_add_watch -1 1\n",
+        "inotify on a file both jobs can read",
+    );
+}
+
+/// Alpha runs `watch` while beta reads `/etc/hostname`: alpha prints `refused`, no more.
+fn watch_while_beta_reads_etc_hostname(watch: &str, refused: &str, channel: &str) {
+    let _jobs = common::jobs();
+    let nox = tenants();
+    let read = "open('/etc/hostname', 'rb').read()\nprint('read')\n";
+    let (alpha, beta) = alpha_then_beta(nox, watch, read, 10.0);
     assert_eq!(stdout(&beta), "read\n", "{beta}");
     assert_eq!(
         stdout(&alpha),
-        "inotify_init -1 1\ninotify_init1 -1 1\ninotify_add_watch -1 1\n",
-        "inotify on a file both jobs can read is a channel between tenants: {alpha}"
+        refused,
+        "{channel} is a channel between tenants: {alpha}"
     );
     assert_serving(nox);
 }
 
 #[test]
 fn dnotify_cannot_watch_another_tenants_job_read_in_a_shared_directory() {
-    let _jobs = common::jobs();
-    let nox = tenants();
-    let first = "import fcntl, os, signal, time\nseen = []\nsignal.signal(signal.SIGIO, lambda *_: seen.append(1))\nd = os.open('/etc', os.O_RDONLY)\ntry:\n    fcntl.fcntl(d, fcntl.F_NOTIFY, fcntl.DN_ACCESS | fcntl.DN_MULTISHOT)\nexcept OSError as e:\n    print('F_NOTIFY', e.errno)\nelse:\n    time.sleep(2.5)\n    print('SAW THE OTHER JOB' if seen else 'nothing seen')\n";
-    let second = "open('/etc/hostname', 'rb').read()\nprint('read')\n";
-    let (alpha, beta) = alpha_then_beta(nox, first, second, 10.0);
-    assert_eq!(stdout(&beta), "read\n", "{beta}");
-    assert_eq!(
-        stdout(&alpha),
+    let watch = "import fcntl, os, signal, time\nseen = []\nsignal.signal(signal.SIGIO, lambda *_: seen.append(1))\nd = os.open('/etc', os.O_RDONLY)\ntry:\n    fcntl.fcntl(d, fcntl.F_NOTIFY, fcntl.DN_ACCESS | fcntl.DN_MULTISHOT)\nexcept OSError as e:\n    print('F_NOTIFY', e.errno)\nelse:\n    time.sleep(2.5)\n    print('SAW THE OTHER JOB' if seen else 'nothing seen')\n";
+    watch_while_beta_reads_etc_hostname(
+        watch,
         "F_NOTIFY 1\n",
-        "dnotify on a directory both jobs can read is a channel between tenants: {alpha}"
+        "dnotify on a directory both jobs can read",
     );
-    assert_serving(nox);
 }
 
 #[test]
