@@ -73,6 +73,11 @@ const COLD_PYTHON: &str = "cold Python (python_mode = cold): POST /run_py print(
 /// joined ahead of the job).
 const PACE: Duration = Duration::from_millis(25);
 
+/// Rounds of the floor and `/run_sh` at c=1 taken in turn, and the length of each: the
+/// c=1 requirement compares them round by round (see [`median_difference`]).
+const INTERLEAVED_ROUNDS: usize = 8;
+const INTERLEAVED_SLICE: Duration = Duration::from_millis(500);
+
 /// One of the issue's requirements: what was measured and whether it met its target.
 #[derive(Debug, Clone)]
 struct Check {
@@ -155,6 +160,27 @@ fn row(
         errors,
         wrong,
     }
+}
+
+/// The median of `job - floor` over rounds taken in turn: each round's two cells ran within
+/// a second of each other, so a drift of the host's speed over the run cancels out.
+fn median_difference(pairs: &[(f64, f64)]) -> Option<f64> {
+    let mut differences: Vec<f64> = pairs.iter().map(|(floor, job)| job - floor).collect();
+    differences.sort_by(f64::total_cmp);
+    let middle = differences.len() / 2;
+    match differences.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(differences[middle]),
+        _ => Some((differences[middle - 1] + differences[middle]) / 2.0),
+    }
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
 
 /// Spawn `program` again and again from `spawners` threads for the duration.
@@ -746,6 +772,8 @@ fn main() -> Result<(), Failure> {
     )?;
     let mut memory = Vec::new();
     let mut checks = Vec::new();
+    // (floor p50, `/run_sh` p50) per round, in ms.
+    let mut interleaved: Vec<(f64, f64)> = Vec::new();
     runtime.block_on(async {
         wait_ready(&nox).await?;
         // Warm up: the first Python job starts the zygote.
@@ -785,6 +813,23 @@ fn main() -> Result<(), Failure> {
                 measured.what, measured.p50_ms, measured.p99_ms, measured.errors, measured.wrong
             );
             rows.push(measured);
+        }
+        // The floor cell ran a minute before the nox cells, and this host's speed drifts
+        // within a run (floors of 0.54-0.68 ms in three runs of one hour): for the c=1
+        // requirement, the floor and `/run_sh true` again, in turns.
+        let slice = Settings {
+            duration: INTERLEAVED_SLICE,
+            pause: Duration::ZERO,
+        };
+        for _ in 0..INTERLEAVED_ROUNDS {
+            let floor = tokio::task::spawn_blocking(move || {
+                spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 1, slice)
+            })
+            .await?;
+            let job = load(Endpoint::RunSh, &nox, 1, slice, Arc::clone(&peak)).await?;
+            if floor.errors == 0 && job.errors == 0 && job.wrong == 0 {
+                interleaved.push((floor.p50_ms, job.p50_ms));
+            }
         }
         memory.push((
             "nox-frontend peak under load".to_owned(),
@@ -877,17 +922,29 @@ fn main() -> Result<(), Failure> {
     };
     // The issue's figures for the throughput cells, judged like the rest.
     let mut targets = Vec::new();
-    if let (Some(f), Some(n)) = (floor("/bin/true", 1), nox_row("POST /run_sh", 1)) {
+    if let (Some(f), Some(n), Some(over)) = (
+        floor("/bin/true", 1),
+        nox_row("POST /run_sh", 1),
+        median_difference(&interleaved),
+    ) {
+        let floors: Vec<f64> = interleaved.iter().map(|pair| pair.0).collect();
+        let jobs: Vec<f64> = interleaved.iter().map(|pair| pair.1).collect();
         targets.push(Check::new(
             "shell jobs: `/run_sh true` p50 at c=1, over the spawn floor of this run".into(),
             format!(
-                "{:.2} ms vs {:.2} ms: +{:.2} ms",
+                "+{over:.2} ms, the median over {} rounds of {} ms each taken in turn (p50 {:.2}-{:.2} ms against the floor's {:.2}-{:.2}); the cells above, a minute apart: {:.2} vs {:.2} ms, +{:.2}",
+                interleaved.len(),
+                INTERLEAVED_SLICE.as_millis(),
+                min(&jobs),
+                max(&jobs),
+                min(&floors),
+                max(&floors),
                 n.p50_ms,
                 f.p50_ms,
                 n.p50_ms - f.p50_ms
             ),
             "≤ +0.4 ms".into(),
-            n.p50_ms - f.p50_ms <= 0.4,
+            over <= 0.4,
         ));
     }
     if let (Some(f), Some(n)) = (floor("/bin/true", 2), nox_row("POST /run_sh", 32)) {
@@ -1020,4 +1077,23 @@ fn main() -> Result<(), Failure> {
         out_dir.join("latest.md").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_c1_figure_is_the_median_of_the_differences_round_by_round() {
+        assert_eq!(median_difference(&[]), None);
+        // A host that slows down over the run: every round 0.3 ms over its own floor,
+        // though the slowest job is 0.9 ms over the fastest floor.
+        let drifting = [(0.5, 0.8), (0.6, 0.9), (0.7, 1.0), (0.8, 1.1), (0.9, 1.2)];
+        let over = median_difference(&drifting).unwrap();
+        assert!((over - 0.3).abs() < 1e-9, "{over}");
+        // One round disturbed does not move it; an even count takes the middle two.
+        let disturbed = [(0.5, 0.8), (0.5, 2.5), (0.5, 0.9), (0.5, 0.7)];
+        let over = median_difference(&disturbed).unwrap();
+        assert!((over - 0.35).abs() < 1e-9, "{over}");
+    }
 }
