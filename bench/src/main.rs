@@ -932,6 +932,14 @@ fn main() -> Result<(), Failure> {
     };
     // The figures for the throughput cells, judged like the rest.
     let mut targets = Vec::new();
+    if interleaved.is_empty() {
+        targets.push(Check::new(
+            "shell jobs: `/run_sh true` p50 at c=1, over the spawn floor of this run".into(),
+            "no interleaved round ran without an error".into(),
+            "≤ +0.4 ms".into(),
+            false,
+        ));
+    }
     if let (Some(f), Some(n), Some(over)) = (
         floor("/bin/true", 1),
         nox_row("POST /run_sh", 1),
