@@ -107,6 +107,16 @@ pub fn random_hex(bytes: usize) -> String {
     buffer.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// A number no other process on the machine carries on its command line (`300.<six
+/// random digits>`): a `sleep` argument a test finds again in `/proc/*/cmdline`.
+pub fn marker() -> String {
+    let digits: String = random_hex(6)
+        .bytes()
+        .map(|byte| char::from(b'0' + byte % 10))
+        .collect();
+    format!("300.{digits}")
+}
+
 /// A unique name for things a test creates (files, markers), so tests sharing one
 /// instance never collide.
 pub fn unique(prefix: &str) -> String {

@@ -97,14 +97,20 @@ pub fn assert_serving(nox: &Nox) {
     );
 }
 
-/// A number no other process on the machine carries on its command line: used as a
-/// `sleep` argument (`300.<digits>`) or in a comment, and looked for in `/proc`.
-pub fn marker() -> String {
-    let digits: String = random_hex(6)
-        .bytes()
-        .map(|byte| char::from(b'0' + byte % 10))
-        .collect();
-    format!("300.{digits}")
+pub use nox_e2e::marker;
+
+/// Alpha's request (`endpoint`, `body`) and, 800 ms into it, beta's Python `code` (10 s
+/// timeout); both replies. The cross-tenant cases: what alpha's job leaves or runs, beta's
+/// job must not see.
+pub fn while_alpha_runs(nox: &Nox, endpoint: &str, body: &Value, code: &str) -> (Value, Value) {
+    let alpha = nox.client_for("alpha");
+    let beta = nox.client_for("beta");
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(move || alpha.run(endpoint, body));
+        std::thread::sleep(Duration::from_millis(800));
+        let looked = beta.run("/run_py", &json!({ "code": code, "timeout_s": 10 }));
+        (handle.join().expect("alpha's request"), looked)
+    })
 }
 
 /// Waits up to 3 s for every process carrying `marker` to be gone; kills any left (so a

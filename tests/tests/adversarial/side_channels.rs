@@ -11,20 +11,11 @@ use serde_json::{Value, json};
 
 use super::common::{self, PY_SYSCALL, assert_serving, marker, py, stdout, tenants};
 
-/// Runs `first` (alpha) and, 800 ms later, `second` (beta) at once; both replies.
-fn alpha_then_beta(nox: &Nox, first: &str, second: &str, timeout_s: f64) -> (Value, Value) {
-    let alpha: Client = nox.client_for("alpha");
-    let beta: Client = nox.client_for("beta");
-    std::thread::scope(|scope| {
-        let handle = scope
-            .spawn(move || alpha.run("/run_py", &json!({ "code": first, "timeout_s": timeout_s })));
-        std::thread::sleep(Duration::from_millis(800));
-        let second = beta.run(
-            "/run_py",
-            &json!({ "code": second, "timeout_s": timeout_s }),
-        );
-        (handle.join().expect("alpha's request"), second)
-    })
+/// Runs `first` (alpha) and, 800 ms later, `second` (beta) at once, both Python; both
+/// replies.
+fn alpha_then_beta(nox: &Nox, first: &str, second: &str) -> (Value, Value) {
+    let body = json!({ "code": first, "timeout_s": 10 });
+    common::while_alpha_runs(nox, "/run_py", &body, second)
 }
 
 /// A SysV IPC key no other case uses.
@@ -133,7 +124,7 @@ except OSError:
     print("posix absent")
 "#
     );
-    let (alpha, beta) = alpha_then_beta(nox, &first, &second, 10.0);
+    let (alpha, beta) = alpha_then_beta(nox, &first, &second);
     let leftover = [format!("/dev/shm/{name}"), format!("/dev/shm/{name}-posix")]
         .into_iter()
         .filter(|path| std::path::Path::new(path).exists())
@@ -166,7 +157,7 @@ fn a_posix_message_queue_is_not_a_channel_between_jobs() {
     let second = format!(
         "{prelude}for name in ({name:?}, {never:?}):\n    q = libc.mq_open(name.encode(), os.O_RDONLY)\n    buffer = ctypes.create_string_buffer(8192)\n    print('received', libc.mq_receive(q, buffer, 8192, None), buffer.value) if q >= 0 else print('errno', ctypes.get_errno())\n"
     );
-    let (alpha, beta) = alpha_then_beta(nox, &first, &second, 10.0);
+    let (alpha, beta) = alpha_then_beta(nox, &first, &second);
     let c_name = std::ffi::CString::new(name).expect("no NUL");
     // SAFETY: `c_name` is a valid NUL-terminated string.
     let existed = unsafe { libc::mq_unlink(c_name.as_ptr()) } == 0;
@@ -199,7 +190,7 @@ fn sysv_shared_memory_is_not_shared_between_two_tenants_jobs() {
     let second = format!(
         "{prelude}shm = libc.shmget({key}, 0, 0)\nif shm < 0:\n    print('absent', ctypes.get_errno())\nelse:\n    address = libc.shmat(shm, None, 0)\n    print('read', ctypes.string_at(address, 12) if address not in (None, 2**64 - 1) else ctypes.get_errno())\n"
     );
-    let (alpha, beta) = alpha_then_beta(nox, &first, &second, 10.0);
+    let (alpha, beta) = alpha_then_beta(nox, &first, &second);
     let left = remove_ipc(key);
     assert!(
         !stdout(&beta).contains("alpha-secret"),
@@ -271,7 +262,7 @@ fn an_flock_on_a_shared_system_file_is_not_visible_to_another_tenants_job() {
     let nox = tenants();
     let first = "import fcntl, time\nf = open('/etc/hostname', 'rb')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('locked')\ntime.sleep(2.5)\n";
     let second = "import fcntl\nf = open('/etc/hostname', 'rb')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print('free')\nexcept OSError as e:\n    print('SEES THE LOCK', e.errno)\n";
-    let (alpha, beta) = alpha_then_beta(nox, first, second, 10.0);
+    let (alpha, beta) = alpha_then_beta(nox, first, second);
     assert_eq!(stdout(&alpha), "locked\n", "{alpha}");
     assert_eq!(
         stdout(&beta),
@@ -288,7 +279,7 @@ fn an_fcntl_record_lock_on_a_shared_system_file_is_not_visible_to_another_tenant
     let nox = tenants();
     let first = "import fcntl, struct, time\nf = open('/etc/hostname', 'rb')\nfcntl.fcntl(f, fcntl.F_SETLK, struct.pack('hhxxxxqqixxxx', fcntl.F_RDLCK, 0, 0, 0, 0))\nprint('locked')\ntime.sleep(2.5)\n";
     let second = "import fcntl, struct\nf = open('/etc/hostname', 'rb')\nprobe = struct.pack('hhxxxxqqixxxx', fcntl.F_WRLCK, 0, 0, 0, 0)\nkind, _, _, _, pid = struct.unpack('hhxxxxqqixxxx', fcntl.fcntl(f, fcntl.F_GETLK, probe))\nprint('free' if kind == fcntl.F_UNLCK else f'SEES A LOCK OF PID {pid}')\n";
-    let (alpha, beta) = alpha_then_beta(nox, first, second, 10.0);
+    let (alpha, beta) = alpha_then_beta(nox, first, second);
     assert_eq!(stdout(&alpha), "locked\n", "{alpha}");
     assert_eq!(
         stdout(&beta),
@@ -327,7 +318,7 @@ fn watch_while_beta_reads_etc_hostname(watch: &str, refused: &str, channel: &str
     let _jobs = common::jobs();
     let nox = tenants();
     let read = "open('/etc/hostname', 'rb').read()\nprint('read')\n";
-    let (alpha, beta) = alpha_then_beta(nox, watch, read, 10.0);
+    let (alpha, beta) = alpha_then_beta(nox, watch, read);
     assert_eq!(stdout(&beta), "read\n", "{beta}");
     assert_eq!(
         stdout(&alpha),
@@ -355,7 +346,7 @@ fn proc_locks_does_not_show_another_tenants_locks() {
     // list of every lock. Were alpha's there, locking and unlocking would be a bit.
     let first = "import fcntl, os, time\nf = open('locked.db', 'wb')\nfcntl.lockf(f, fcntl.LOCK_EX)\nfcntl.flock(f, fcntl.LOCK_EX)\nprint(os.fstat(f.fileno()).st_ino)\ntime.sleep(2.5)\n";
     let second = "try:\n    print(open('/proc/locks').read(), end='')\nexcept OSError as e:\n    print('errno', e.errno)\n";
-    let (alpha, beta) = alpha_then_beta(nox, first, second, 10.0);
+    let (alpha, beta) = alpha_then_beta(nox, first, second);
     let inode = stdout(&alpha).trim();
     assert!(inode.parse::<u64>().is_ok(), "{alpha}");
     let listed = stdout(&beta);
@@ -371,8 +362,6 @@ fn a_job_cannot_see_another_tenants_processes_in_proc() {
     let _jobs = common::jobs();
     let nox = tenants();
     let mark = marker();
-    let alpha = nox.client_for("alpha");
-    let beta = nox.client_for("beta");
     // Beta looks for alpha's process by its command line (world-readable in a /proc without
     // hidepid): what runs, its arguments, its pid, when it starts and stops.
     let look = format!(
@@ -382,12 +371,7 @@ fn a_job_cannot_see_another_tenants_processes_in_proc() {
         "cmd": format!("python3 -c 'import time; time.sleep(2.5)' {mark}; echo {mark}"),
         "timeout_s": 10
     });
-    let (alpha, beta) = std::thread::scope(|scope| {
-        let handle = scope.spawn(move || alpha.run("/run_sh", &sleeper));
-        std::thread::sleep(Duration::from_millis(800));
-        let looked = beta.run("/run_py", &json!({ "code": look, "timeout_s": 10 }));
-        (handle.join().expect("alpha's request"), looked)
-    });
+    let (alpha, beta) = common::while_alpha_runs(nox, "/run_sh", &sleeper, &look);
     assert_eq!(stdout(&alpha), format!("{mark}\n"), "{alpha}");
     assert_eq!(
         stdout(&beta),
@@ -406,7 +390,7 @@ fn a_job_cannot_list_or_read_the_cgroups_of_other_jobs() {
     // a bit at will) and `cgroup.procs` (their pids): by listing, then by guessing names.
     let first = "import subprocess, time\nkids = [subprocess.Popen(['sleep', '2.5']) for _ in range(3)]\ntime.sleep(2.5)\nprint('done')\n";
     let second = "import os\nown = [l.strip().split(':', 2)[2] for l in open('/proc/self/cgroup') if l.split(':')[1] in ('pids', '')]\nif not own or 'job-' not in own[0]:\n    print('NO JOB CGROUP', own)\nelse:\n    base = '/sys/fs/cgroup/pids' if os.path.isdir('/sys/fs/cgroup/pids') else '/sys/fs/cgroup'\n    parent = base + os.path.dirname(own[0])\n    try:\n        names = [n for n in os.listdir(parent) if n.startswith('job-')]\n        print('LISTS', len(names), 'job cgroups', [open(f'{parent}/{n}/pids.current').read().strip() for n in names])\n    except OSError as e:\n        print('errno', e.errno)\n    read = 0\n    for n in range(1, 400):\n        try:\n            open(f'{parent}/job-{n}/pids.current').read()\n            read += 1\n        except OSError:\n            pass\n    print('guessed and read', read)\n";
-    let (alpha, beta) = alpha_then_beta(nox, first, second, 10.0);
+    let (alpha, beta) = alpha_then_beta(nox, first, second);
     assert_eq!(stdout(&alpha), "done\n", "{alpha}");
     assert_eq!(
         stdout(&beta),
@@ -430,7 +414,7 @@ fn another_tenants_unix_sockets_are_not_listed_in_proc_net_unix() {
     let second = format!(
         "try:\n    listed = open('/proc/self/net/unix').read()\n    print('SEES IT' if '{name}' in listed else 'not listed')\nexcept OSError as e:\n    print('errno', e.errno)\n"
     );
-    let (alpha, beta) = alpha_then_beta(nox, &first, &second, 10.0);
+    let (alpha, beta) = alpha_then_beta(nox, &first, &second);
     assert_eq!(stdout(&alpha), "bound\n", "{alpha}");
     assert_ne!(
         stdout(&beta),
@@ -540,7 +524,7 @@ except OSError:
 print("hits", hits)
 "#
     );
-    let (alpha, beta) = alpha_then_beta(nox, &victim, &attacker, 10.0);
+    let (alpha, beta) = alpha_then_beta(nox, &victim, &attacker);
     assert_eq!(
         stdout(&alpha),
         format!("survived {marker}\n"),

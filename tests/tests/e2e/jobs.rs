@@ -4,17 +4,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use nox_e2e::{Nox, processes_with, random_hex, wait_until_gone};
+use nox_e2e::{Nox, marker, processes_with, random_hex, wait_until_gone};
 use serde_json::{Value, json};
-
-/// A `sleep` argument no other process on the machine carries: `300.<random digits>`.
-fn marker() -> String {
-    let digits: String = random_hex(6)
-        .bytes()
-        .map(|byte| char::from(b'0' + byte % 10))
-        .collect();
-    format!("300.{digits}")
-}
 
 fn assert_no_process_left(marker: &str, reply: &Value) {
     let left = wait_until_gone(marker, Duration::from_secs(3));

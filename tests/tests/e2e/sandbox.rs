@@ -3,16 +3,8 @@
 
 use std::fs;
 
-use nox_e2e::{Nox, processes_with, random_hex, skip_unless_root, unique};
+use nox_e2e::{Nox, processes_with, skip_unless_root, unique};
 use serde_json::Value;
-
-/// Six random decimal digits.
-fn random_digits() -> String {
-    random_hex(6)
-        .bytes()
-        .map(|byte| char::from(b'0' + byte % 10))
-        .collect()
-}
 
 fn stdout(reply: &Value) -> &str {
     reply["stdout"].as_str().unwrap_or_default()
@@ -397,11 +389,10 @@ fn a_jobs_pids_cgroup_is_kept_for_later_jobs_empty_and_with_their_own_limit() {
         // cannot read its cgroup (the parent is 0700 to root): the test finds it from the
         // job's processes, marked, and reads the limit while the job runs (once it is
         // over, the cgroup may be another job's or spare's already).
-        let marker = format!("300.{}{round}", random_digits());
-        let nox_ref = &nox;
+        let marker = format!("{}{round}", nox_e2e::marker());
         let (reply, dir, max) = std::thread::scope(|scope| {
             let job = scope.spawn(|| {
-                nox_ref.client().run(
+                nox.client().run(
                     "/run_sh",
                     &serde_json::json!({
                         "cmd": format!("sleep {marker} & cat /proc/self/cgroup; sleep {marker}"),
