@@ -9,7 +9,7 @@
 # the services that are running. What it installs:
 #
 #   /usr/bin/nox-frontend, /usr/libexec/nox/nox-executor, /usr/sbin/nox-doctor
-#   /usr/local/lib/systemd/system/nox-{executor,frontend}.{socket,service}
+#   /usr/local/lib/systemd/system/nox-{executor,frontend}.{socket,service}, nox-views.service
 #   /usr/local/lib/sysusers.d/nox.conf       (group nox, users nox-frontend, nox-sandbox)
 #   /etc/nox/nox.toml                        (commented defaults; only if absent)
 #   /etc/nox/api-token                       (random token, root 0600; only if absent)
@@ -48,7 +48,7 @@ done
 UNIT_DIR=/usr/local/lib/systemd/system
 SYSUSERS_DIR=/usr/local/lib/sysusers.d
 DOC_DIR=/usr/share/doc/nox
-UNITS=(nox-executor.socket nox-executor.service nox-frontend.socket nox-frontend.service)
+UNITS=(nox-views.service nox-executor.socket nox-executor.service nox-frontend.socket nox-frontend.service)
 
 # --- output -----------------------------------------------------------------------------
 failures=0

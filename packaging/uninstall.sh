@@ -20,7 +20,7 @@ esac
 [ "$(id -u)" -eq 0 ] || { echo "uninstall.sh: run as root" >&2; exit 1; }
 
 UNIT_DIR=/usr/local/lib/systemd/system
-UNITS=(nox-frontend.socket nox-frontend.service nox-executor.socket nox-executor.service)
+UNITS=(nox-frontend.socket nox-frontend.service nox-executor.socket nox-executor.service nox-views.service)
 report() { printf '  %-44s %s\n' "$1" "$2"; }
 
 echo "==> nox uninstall"

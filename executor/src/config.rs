@@ -54,6 +54,9 @@ pub struct ExecutorConfig {
     /// Whether the executor makes its own network and mount namespaces at start
     /// (`auto`, `always`, `never`; see `namespaces`).
     pub namespaces: crate::namespaces::Namespaces,
+    /// Where the workspaces' views are (`<views_dir>/0`, `/1`, …; see `views`): made by
+    /// the executor in its own namespaces, else by `nox-executor views` before it starts.
+    pub views_dir: PathBuf,
     /// Ceilings for every job's limits.
     pub limits: LimitsConfig,
 }
@@ -147,6 +150,7 @@ impl Default for ExecutorConfig {
             .map(|layer| layer.name().to_owned())
             .collect(),
             namespaces: crate::namespaces::Namespaces::Auto,
+            views_dir: "/var/lib/nox-views".into(),
             limits: LimitsConfig::default(),
         }
     }
@@ -168,6 +172,7 @@ impl ExecutorConfig {
         require_absolute("executor.workspace_root", &self.workspace_root)?;
         require_absolute("executor.python", &self.python)?;
         require_absolute("executor.shell", &self.shell)?;
+        require_absolute("executor.views_dir", &self.views_dir)?;
         for path in &self.extra_read_paths {
             require_absolute("executor.extra_read_paths", path)?;
         }
@@ -262,6 +267,12 @@ impl ExecutorConfig {
         }
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         u32::try_from(cpus.saturating_mul(2)).unwrap_or(u32::MAX)
+    }
+
+    /// How many views to make: one per job that may run at once, so a job never waits for
+    /// one (each running job holds at most one).
+    pub fn view_count(&self) -> usize {
+        usize::try_from(self.concurrency()).unwrap_or(usize::MAX)
     }
 }
 

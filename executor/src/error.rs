@@ -34,6 +34,8 @@ pub enum ExecutorError {
     Runtime(#[source] io::Error),
     #[error("could not enter the executor's own namespaces")]
     Namespaces(#[source] crate::namespaces::NamespaceError),
+    #[error("could not make the workspaces' views")]
+    Views(#[source] crate::views::ViewError),
     #[error("could not register the listening socket with the runtime")]
     RegisterListener(#[source] io::Error),
     #[error("could not install the signal handlers")]

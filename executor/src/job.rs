@@ -30,6 +30,7 @@ use crate::sandbox::spawn::{JobCommand, SpawnedJob};
 use crate::sandbox::zygote::WarmPython;
 use crate::sandbox::{JobIdentity, Sandbox, SandboxError};
 use crate::scratch::Scratches;
+use crate::views::ViewLease;
 use crate::workspace::{WorkspaceError, Workspaces};
 use nox_protocol::error_chain;
 
@@ -113,7 +114,7 @@ impl JobError {
         let kind = match self {
             JobError::Invalid(_) => ErrorKind::BadRequest,
             JobError::TooLarge => ErrorKind::TooLarge,
-            JobError::Busy(_) => ErrorKind::Busy,
+            JobError::Busy(_) | JobError::Sandbox(SandboxError::NoView) => ErrorKind::Busy,
             JobError::SandboxUnavailable(_) => ErrorKind::SandboxUnavailable,
             JobError::Workspace(error) => error.kind(),
             JobError::Sandbox(
@@ -280,6 +281,8 @@ impl JobRunner {
         // fork.
         let inline = matches!(spec.program, Program::Shell { .. })
             && self.workspaces.quota_known(&spec.workspace);
+        // Held until the job has ended: its view goes to another workspace only then.
+        let view = self.sandbox.lease_view(&spec.workspace)?;
         let prepared = Prepared {
             workspaces: Arc::clone(&self.workspaces),
             sandbox: Arc::clone(&self.sandbox),
@@ -289,8 +292,9 @@ impl JobRunner {
             scratch: scratch.clone(),
             command,
             warm,
+            view,
         };
-        let spawned = if inline {
+        let (spawned, _view) = if inline {
             prepared.spawn()?
         } else {
             tokio::task::spawn_blocking(move || prepared.spawn()).await??
@@ -613,11 +617,14 @@ struct Prepared {
     command: JobCommand,
     /// `(shown path, file name)` of a Python job on the warm path.
     warm: Option<(String, String)>,
+    /// The workspace's view, when there are views.
+    view: Option<ViewLease>,
 }
 
 impl Prepared {
-    /// Workspace, code file, scratch directory, then the job's process. Blocking.
-    fn spawn(self) -> Result<SpawnedJob, JobError> {
+    /// Workspace, code file, scratch directory, then the job's process. Blocking. Gives
+    /// back the view's lease, for the job's lifetime.
+    fn spawn(self) -> Result<(SpawnedJob, Option<ViewLease>), JobError> {
         // The job runs as its workspace's own uid (see `owners`).
         let (workdir, owner) = self.workspaces.ensure(&self.workspace)?;
         self.workspaces.check_quota(&self.workspace)?;
@@ -632,6 +639,7 @@ impl Prepared {
                 source,
             })?;
         let writable = [workdir.as_path(), self.scratch.as_path()];
+        let view = self.view.as_ref().map(ViewLease::view);
         let spawned = match &self.warm {
             Some((display, filename)) => self.sandbox.spawn_warm_python(
                 &WarmPython {
@@ -644,13 +652,14 @@ impl Prepared {
                     user: owner,
                 },
                 &writable,
+                view,
             ),
-            None => self.sandbox.spawn(&self.command, &writable, owner),
+            None => self.sandbox.spawn(&self.command, &writable, owner, view),
         };
         if spawned.is_err() {
             scratches.release(&self.scratch, &self.workspace);
         }
-        Ok(spawned?)
+        Ok((spawned?, self.view))
     }
 }
 

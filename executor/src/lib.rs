@@ -22,6 +22,7 @@ pub mod sandbox;
 pub mod scratch;
 pub mod server;
 pub mod telemetry;
+pub mod views;
 pub mod workspace;
 
 use std::future::Future;

@@ -21,6 +21,19 @@ struct Args {
     /// Configuration file (must exist); without it, /etc/nox/nox.toml is read if present.
     #[arg(long, env = "NOX_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Make the workspaces' views in `views_dir` and exit (as root, in the host's mount
+    /// namespace, before the executor starts: what nox-views.service runs).
+    Views {
+        /// Unmount and remove them instead (what stopping nox-views.service runs).
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +76,19 @@ fn harden() -> Result<(), ExecutorError> {
 fn start(args: Args) -> Result<(), ExecutorError> {
     let file = args.config.map_or(ConfigFile::Default, ConfigFile::Exact);
     let config = ExecutorConfig::load(&file)?;
+    if let Some(Command::Views { remove }) = args.command {
+        let dir = config.views_dir.display();
+        if remove {
+            let count =
+                nox_executor::views::remove_all(&config.views_dir).map_err(ExecutorError::Views)?;
+            tracing::info!(%dir, count, "workspace views removed");
+        } else {
+            nox_executor::views::build_configured(&config, &config.views_dir)
+                .map_err(ExecutorError::Views)?;
+            tracing::info!(%dir, count = config.view_count(), "workspace views made");
+        }
+        return Ok(());
+    }
     let (listener, origin) = activation::take_listener_with_origin(&config)?;
     let (socket, activated) = match &origin {
         ListenerOrigin::Inherited { fd } => (format!("inherited fd {fd}"), true),

@@ -21,7 +21,6 @@
 //! host's root being perhaps still reachable.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -29,6 +28,7 @@ use nix::sched::{CloneFlags, unshare};
 use serde::{Deserialize, Serialize};
 
 use crate::ExecutorConfig;
+use crate::views::{self, SYSTEM, ViewError, bind, inside};
 
 /// Whether the executor makes its own namespaces (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -43,26 +43,10 @@ pub enum Namespaces {
     Never,
 }
 
-/// System directories in the view, read-only, with their mounts beneath (those that
-/// exist; a symbolic link, like `/bin` → `usr/bin`, is made again as the same link).
-const SYSTEM: [&str; 9] = [
-    "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc", "/opt",
-];
-
 /// Kernel and device file systems in the view, as they are (cgroups live under `/sys`).
 /// `/proc` is a new instance instead, as the unit's `ProtectProc=invisible` makes it: the
 /// host's shows every process of every uid, other tenants' jobs with their command lines.
 const KERNEL: [&str; 2] = ["/sys", "/dev"];
-
-/// Options of the view's `/proc`: a process is listed only to those who may ptrace it
-/// (its own uid, or the executor), as systemd's `ProtectProc=invisible`.
-const PROC_OPTIONS: &str = "hidepid=invisible";
-
-/// Files of the kernel's that the view covers with an empty, unreadable one (as systemd's
-/// `InaccessiblePaths=` does in the unit): `/proc/locks` lists every lock on the host with
-/// its holder's pid and inode, the other tenants' jobs' too, and a lock taken and dropped
-/// on a job's own file would be a bit there.
-const HIDDEN: [&str; 1] = ["/proc/locks"];
 
 /// The directory the new root is built in, under the state directory.
 const BUILD_DIR: &str = ".view";
@@ -75,6 +59,8 @@ pub enum NamespaceError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Mount(#[from] ViewError),
     #[error("{0} must be an absolute path without symbolic links to be kept in the view")]
     Path(PathBuf),
     /// In the view, but with the host's root still reachable or the view writable: never
@@ -135,18 +121,13 @@ fn make(config: &ExecutorConfig, socket: Option<&Path>) -> Result<Entered, Names
     if let Some(parent) = socket.and_then(Path::parent) {
         writable.push(plain(parent)?);
     }
-    let mut readable: Vec<PathBuf> = config.extra_read_paths.clone();
-    for program in [&config.python, &config.shell] {
-        if let Some(parent) = program.parent() {
-            readable.push(parent.to_path_buf());
-        }
-    }
+    let readable = views::readable_paths(config);
     for dir in &writable {
         std::fs::create_dir_all(dir).map_err(step(format!("create {}", dir.display())))?;
     }
     unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET)
         .map_err(step("unshare the mount and network namespaces"))?;
-    build_view(&config.state_dir, &writable, &readable, &systemd_sockets())?;
+    build_view(config, &writable, &readable, &systemd_sockets())?;
     Ok(Entered::Yes { writable })
 }
 
@@ -207,7 +188,7 @@ fn unfinished<E: Into<io::Error>>(what: &str) -> impl FnOnce(E) -> NamespaceErro
 
 /// In the new mount namespace: a tmpfs root with the view's mounts, pivoted into.
 fn build_view(
-    state_dir: &Path,
+    config: &ExecutorConfig,
     writable: &[PathBuf],
     readable: &[PathBuf],
     sockets: &[PathBuf],
@@ -221,7 +202,7 @@ fn build_view(
         None::<&str>,
     )
     .map_err(step("make every mount private"))?;
-    let root = state_dir.join(BUILD_DIR);
+    let root = config.state_dir.join(BUILD_DIR);
     std::fs::create_dir_all(&root).map_err(step(format!("create {}", root.display())))?;
     mount(
         Some("tmpfs"),
@@ -251,34 +232,8 @@ fn build_view(
         bind(&root, Path::new(kernel), false, true)?;
         recursive.push(PathBuf::from(kernel));
     }
-    let proc = inside(&root, Path::new("/proc"));
-    std::fs::create_dir_all(&proc).map_err(step("create /proc in the view"))?;
-    mount(
-        Some("proc"),
-        &proc,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(PROC_OPTIONS),
-    )
-    .map_err(step("mount /proc in the view"))?;
+    views::proc(&root)?;
     recursive.push(PathBuf::from("/proc"));
-    let inaccessible = root.join(".inaccessible");
-    std::fs::File::create(&inaccessible)
-        .and_then(|file| file.set_permissions(std::fs::Permissions::from_mode(0o000)))
-        .map_err(step("create an inaccessible file"))?;
-    for hidden in HIDDEN {
-        let target = inside(&root, Path::new(hidden));
-        if target.exists() {
-            mount(
-                Some(&inaccessible),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(step(format!("hide {hidden} in the view")))?;
-        }
-    }
     // Read-only extras outside what is there already (a Python outside /usr, say).
     for path in readable {
         let Ok(real) = path.canonicalize() else {
@@ -300,6 +255,14 @@ fn build_view(
     for socket in sockets {
         bind(&root, socket, false, false)?;
     }
+    // The workspaces' views, from the host's directories (still reachable here). Without
+    // them jobs run in this root, and /health says the layer is inactive.
+    if let Err(error) = views::build_configured(config, &inside(&root, &config.views_dir)) {
+        tracing::warn!(
+            error = nox_protocol::error_chain(&error),
+            "could not make the workspaces' views: jobs share the system files"
+        );
+    }
 
     let old = root.join(".old");
     std::fs::create_dir(&old).map_err(step("create the old root's mount point"))?;
@@ -315,46 +278,6 @@ fn build_view(
         None::<&str>,
     )
     .map_err(unfinished("make the view's root read-only"))?;
-    Ok(())
-}
-
-/// Where `path` goes under `root`.
-fn inside(root: &Path, path: &Path) -> PathBuf {
-    root.join(path.strip_prefix("/").unwrap_or(path))
-}
-
-/// Bind `source` (a directory, a file or a socket) at the same path under `root`: with the
-/// mounts beneath it (`mounts`), or only its own file system (the state directory holds
-/// `root` itself); read-only and without setuid (`read_only`), else as it is.
-fn bind(root: &Path, source: &Path, read_only: bool, mounts: bool) -> Result<(), NamespaceError> {
-    let target = inside(root, source);
-    let described = || source.display().to_string();
-    let created = if source.is_dir() {
-        std::fs::create_dir_all(&target)
-    } else {
-        target
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::File::create(&target).map(drop))
-    };
-    created.map_err(step(format!("create {} in the view", described())))?;
-    let mut flags = MsFlags::MS_BIND;
-    if mounts {
-        flags |= MsFlags::MS_REC;
-    }
-    mount(Some(source), &target, None::<&str>, flags, None::<&str>)
-        .map_err(step(format!("bind {} into the view", described())))?;
-    if read_only {
-        // A bind mount takes new flags only on a remount.
-        mount(
-            None::<&str>,
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
-            None::<&str>,
-        )
-        .map_err(step(format!("make {} read-only in the view", described())))?;
-    }
     Ok(())
 }
 

@@ -54,7 +54,7 @@ install -d "$pkg/usr/share/man/man1" "$pkg/usr/share/bash-completion/completions
 "$bin_dir/noxctl" completions bash > "$pkg/usr/share/bash-completion/completions/noxctl"
 "$bin_dir/noxctl" completions zsh > "$pkg/usr/share/zsh/vendor-completions/_noxctl"
 "$bin_dir/noxctl" completions fish > "$pkg/usr/share/fish/vendor_completions.d/noxctl.fish"
-for u in nox-executor.socket nox-executor.service nox-frontend.socket nox-frontend.service; do
+for u in nox-views.service nox-executor.socket nox-executor.service nox-frontend.socket nox-frontend.service; do
   install -D -m 0644 "$src/systemd/$u" "$pkg/lib/systemd/system/$u"
 done
 install -D -m 0644 "$src/systemd/nox.sysusers" "$pkg/usr/lib/sysusers.d/nox.conf"

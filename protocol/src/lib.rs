@@ -53,7 +53,7 @@ pub use message::*;
 pub use path::{PathError, RelPath, validate_job_id, validate_workspace_name};
 
 /// Version of the conversation above; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts, payload only (the 4-byte prefix excluded).
 pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;

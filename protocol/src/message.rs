@@ -261,11 +261,13 @@ pub enum Layer {
     CleanEnvironment,
     /// No network interface but loopback in the executor's namespace.
     NetworkIsolation,
+    /// A root of its own per running workspace: system files are not shared inodes.
+    Views,
 }
 
 impl Layer {
     /// Every layer, in the order the executor reports them.
-    pub const ALL: [Layer; 9] = [
+    pub const ALL: [Layer; 10] = [
         Layer::ProcessGroup,
         Layer::Rlimits,
         Layer::SandboxUser,
@@ -275,6 +277,7 @@ impl Layer {
         Layer::Seccomp,
         Layer::CleanEnvironment,
         Layer::NetworkIsolation,
+        Layer::Views,
     ];
 
     /// The name used in configuration and in `/health`.
@@ -289,6 +292,7 @@ impl Layer {
             Layer::Seccomp => "seccomp",
             Layer::CleanEnvironment => "clean_environment",
             Layer::NetworkIsolation => "network_isolation",
+            Layer::Views => "views",
         }
     }
 

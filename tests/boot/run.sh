@@ -11,7 +11,7 @@
 #   (configs from packaging/), streamed NDJSON arriving in pieces, two clean journald
 #   streams joined by NOX_JOB_ID, restarts without refused/reset connections, the sandbox
 #   seen from a job, nox-doctor, install.sh idempotence, `systemd-analyze verify` and the
-#   exposure scores (gates: frontend <= 1.0, executor <= 2.0), the .deb (install, purge).
+#   exposure scores (gates: frontend <= 1.0, executor <= 2.2), the .deb (install, purge).
 # Exits non-zero on any FAIL. Everything it starts (container, mounts, processes) is torn
 # down on exit, also on failure or Ctrl-C. Takes a few minutes (plus a release build).
 set -uo pipefail
@@ -599,6 +599,16 @@ check "a job sees none of the host's /run (no D-Bus or other service sockets)" j
 check "a job sees only its own processes in /proc (not the daemons, not init) and no /proc/locks" jtest \
   "$(run_sh 'for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | sort -u | tr "\n" " "; echo; cat /proc/locks > /dev/null 2>&1; echo "locks=$?"')" \
   "'nox-' not in r['stdout'] and 'systemd' not in r['stdout'] and 'sh' in r['stdout'] and 'locks=1' in r['stdout']" "r['stdout'].strip()"
+# A lock the container's own shell holds on /etc/hostname: a job in a view of its own (an
+# overlay of /etc, nox-views.service) does not see it; without views it shares the inode.
+# The control: a lock of the job's own, seen by the job (so the probe could have seen one).
+ct setsid -f flock /etc/hostname sleep 20 </dev/null >/dev/null 2>&1
+sleep 0.3
+check "nox-views.service made the views; a job's /etc is its view's: a lock outside is not seen, its own is" jtest \
+  "$(run_sh 'flock -n /etc/hostname true; echo "outside=$?"; flock /etc/hostname sleep 3 & sleep 0.5; flock -n /etc/hostname true; echo "own=$?"; wait')" \
+  "'outside=0' in r['stdout'] and 'own=1' in r['stdout']" "r.get('stdout', r)"
+check "nox-views.service: active, views in /var/lib/nox-views" bash -c "
+  nsenter -t $CT_PID -a sh -c 'systemctl is-active nox-views.service && ls /var/lib/nox-views && test -e /var/lib/nox-views/0/.nox-view'"
 check "a job has no network (connect to 1.1.1.1:53 fails)" jtest "$(run_py "import socket; socket.create_connection(('1.1.1.1', 53), 1)")" \
   "r['returncode'] != 0" "f\"returncode {r['returncode']}: {r['stderr'].strip().splitlines()[-1:]}\""
 check "/health: network_isolation active, every layer active" jtest "$(ct_t 15 curl -sS http://127.0.0.1:8080/health)" \
@@ -630,7 +640,7 @@ check "install.sh again: exit 0, every step unchanged, smoke test passes" bash -
 # --- 11. systemd-analyze ---------------------------------------------------------------------------------
 STEP "systemd-analyze verify and security (on the running units)"
 check "systemd-analyze verify: clean" ct_t 60 bash -c '
-  out=$(systemd-analyze verify /usr/local/lib/systemd/system/nox-executor.socket /usr/local/lib/systemd/system/nox-executor.service \
+  out=$(systemd-analyze verify /usr/local/lib/systemd/system/nox-views.service /usr/local/lib/systemd/system/nox-executor.socket /usr/local/lib/systemd/system/nox-executor.service \
         /usr/local/lib/systemd/system/nox-frontend.socket /usr/local/lib/systemd/system/nox-frontend.service 2>&1)
   [ -z "$out" ] || { echo "$out"; exit 1; }'
 ct_t 60 systemd-analyze security --no-pager nox-frontend.service >"$LOGS/security-frontend.txt" 2>&1
@@ -638,7 +648,8 @@ ct_t 60 systemd-analyze security --no-pager nox-executor.service >"$LOGS/securit
 score() { sed -n 's/.*Overall exposure level for .*: \([0-9.]*\) .*/\1/p' "$1" | tail -n1; }
 sf=$(score "$LOGS/security-frontend.txt"); se=$(score "$LOGS/security-executor.txt")
 check "exposure nox-frontend.service = ${sf:-?} (gate <= 1.0)" bash -c "grep 'Overall' '$LOGS/security-frontend.txt'; python3 -c 'import sys; sys.exit(not float(\"${sf:-99}\") <= 1.0)'"
-check "exposure nox-executor.service = ${se:-?} (gate <= 2.0)" bash -c "grep 'Overall' '$LOGS/security-executor.txt'; python3 -c 'import sys; sys.exit(not float(\"${se:-99}\") <= 2.0)'"
+# 2.0 before the views: CAP_SYS_CHROOT and chroot(2), to enter them, cost 0.2.
+check "exposure nox-executor.service = ${se:-?} (gate <= 2.2)" bash -c "grep 'Overall' '$LOGS/security-executor.txt'; python3 -c 'import sys; sys.exit(not float(\"${se:-99}\") <= 2.2)'"
 echo "nox-frontend.service ${sf:-?}  nox-executor.service ${se:-?}" > "$LOGS/exposure.txt"
 
 # --- 12. uninstall, and the Debian package ---------------------------------------------------------------

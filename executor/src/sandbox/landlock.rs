@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, Scope,
 };
 use nix::sys::stat::FileStat;
 
@@ -47,16 +47,29 @@ const KEPT_RULESETS: usize = 128;
 /// The identity of a ruleset's writable directories, in order: `(device, inode)` each.
 type Writable = Vec<(u64, u64)>;
 
-/// What every job's ruleset has in common. The system paths are opened once, here, and
-/// held for the executor's lifetime: only a job's own directories are opened per job.
+/// What a kept ruleset is found by: the view it was made for (its system paths) and its
+/// writable directories.
+type Key = (Option<usize>, Writable);
+
+/// Opened paths with the rights a rule gives beneath each.
+type Rules = Vec<(OwnedFd, BitFlags<AccessFs>)>;
+
+/// What every job's ruleset has in common. The system paths are opened once, here (and
+/// once per view, through it), and held for the executor's lifetime: only a job's own
+/// directories are opened per job.
 #[derive(Debug)]
 pub struct LandlockPolicy {
     abi: ABI,
     abi_version: i32,
+    /// Read-only system paths and the extra readable ones, as jobs name them.
+    read_paths: Vec<PathBuf>,
     /// Read-only system paths and writable devices, with the rights each one gets.
-    fixed: Vec<(PathFd, BitFlags<AccessFs>)>,
+    fixed: Rules,
+    /// The same, opened through each view: a view's system directories are inodes of its
+    /// own overlays, which the executor's own paths' rules would not cover.
+    in_views: Vec<Rules>,
     /// Rulesets built, the most recently used first.
-    kept: Mutex<VecDeque<(Writable, Arc<OwnedFd>)>>,
+    kept: Mutex<VecDeque<(Key, Arc<OwnedFd>)>>,
 }
 
 impl LandlockPolicy {
@@ -67,24 +80,30 @@ impl LandlockPolicy {
             return None;
         }
         let abi = ABI::from(abi_version);
-        let read_paths = SYSTEM_READ_PATHS
+        let read_paths: Vec<PathBuf> = SYSTEM_READ_PATHS
             .iter()
             .map(PathBuf::from)
-            .chain(extra_read_paths.iter().cloned());
-        let readable = read_paths.filter_map(|path| {
-            let access = for_kind(AccessFs::from_read(abi), abi, !path.is_file());
-            Some((PathFd::new(&path).ok()?, access))
-        });
-        let devices = WRITABLE_DEVICES.iter().filter_map(|device| {
-            let access = AccessFs::ReadFile | AccessFs::WriteFile;
-            Some((PathFd::new(device).ok()?, access))
-        });
+            .chain(extra_read_paths.iter().cloned())
+            .collect();
+        let fixed = rules(abi, &read_paths, |path| Ok(open_path(path)?.0));
         Some(LandlockPolicy {
             abi,
             abi_version,
-            fixed: readable.chain(devices).collect(),
+            read_paths,
+            fixed,
+            in_views: Vec::new(),
             kept: Mutex::new(VecDeque::with_capacity(KEPT_RULESETS)),
         })
+    }
+
+    /// Open the fixed rules' paths through each of `views` too, for their jobs.
+    pub fn add_views(&mut self, views: &crate::views::Views) {
+        let opened = views.all().iter().map(|view| {
+            rules(self.abi, &self.read_paths, |path| {
+                view.open(path, nix::fcntl::OFlag::O_PATH)
+            })
+        });
+        self.in_views = opened.collect();
     }
 
     /// The kernel's Landlock ABI version.
@@ -92,10 +111,25 @@ impl LandlockPolicy {
         self.abi_version
     }
 
-    /// A ruleset for one job: `writable` are its workspace and scratch directory. Kept
-    /// for later jobs with the same directories; numbered above the descriptors a child
-    /// places (see `spawn::raise_fd`).
-    pub fn ruleset(&self, writable: &[&Path]) -> Result<Arc<OwnedFd>, SandboxError> {
+    /// A ruleset for one job in view `view` (by index; `None`: in the executor's own
+    /// root): `writable` are its workspace and scratch directory. Kept for later jobs with
+    /// the same view and directories; numbered above the descriptors a child places (see
+    /// `spawn::raise_fd`).
+    pub fn ruleset(
+        &self,
+        view: Option<usize>,
+        writable: &[&Path],
+    ) -> Result<Arc<OwnedFd>, SandboxError> {
+        let fixed = match view {
+            Some(index) => self
+                .in_views
+                .get(index)
+                .ok_or_else(|| SandboxError::OpenDirectory {
+                    path: PathBuf::from(format!("view {index}")),
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                })?,
+            None => &self.fixed,
+        };
         let opened = writable
             .iter()
             .map(|path| {
@@ -105,10 +139,13 @@ impl LandlockPolicy {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let key: Writable = opened
-            .iter()
-            .map(|(_, stat)| (stat.st_dev, stat.st_ino))
-            .collect();
+        let key: Key = (
+            view,
+            opened
+                .iter()
+                .map(|(_, stat)| (stat.st_dev, stat.st_ino))
+                .collect(),
+        );
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(at) = kept.iter().position(|(seen, _)| *seen == key)
             && let Some(entry) = kept.remove(at)
@@ -118,8 +155,9 @@ impl LandlockPolicy {
             return Ok(ruleset);
         }
         drop(kept);
-        let ruleset =
-            Arc::new(super::spawn::raise_fd(self.build(&opened)?).map_err(SandboxError::Pipe)?);
+        let ruleset = Arc::new(
+            super::spawn::raise_fd(self.build(fixed, &opened)?).map_err(SandboxError::Pipe)?,
+        );
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         // Another job with the same directories may have built one meanwhile: keep one.
         if let Some((_, theirs)) = kept.iter().find(|(seen, _)| *seen == key) {
@@ -139,8 +177,12 @@ impl LandlockPolicy {
             .len()
     }
 
-    /// Build a ruleset: the fixed rules, and every right on each of `writable`.
-    fn build(&self, writable: &[(OwnedFd, FileStat)]) -> Result<OwnedFd, SandboxError> {
+    /// Build a ruleset: the `fixed` rules, and every right on each of `writable`.
+    fn build(
+        &self,
+        fixed: &Rules,
+        writable: &[(OwnedFd, FileStat)],
+    ) -> Result<OwnedFd, SandboxError> {
         let abi = self.abi;
         let build = || -> Result<Option<OwnedFd>, landlock::RulesetError> {
             let mut ruleset = Ruleset::default()
@@ -152,10 +194,9 @@ impl LandlockPolicy {
             if self.abi_version >= 6 {
                 ruleset = ruleset.scope(Scope::AbstractUnixSocket | Scope::Signal)?;
             }
-            let fixed = self
-                .fixed
-                .iter()
-                .map(|(fd, access)| Ok::<_, landlock::RulesetError>(PathBeneath::new(fd, *access)));
+            let fixed = fixed.iter().map(|(fd, access)| {
+                Ok::<_, landlock::RulesetError>(PathBeneath::new(fd.as_fd(), *access))
+            });
             // Directories in practice.
             let own = writable.iter().map(|(fd, stat)| {
                 let is_dir = stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
@@ -175,6 +216,22 @@ impl LandlockPolicy {
             Err(source) => Err(SandboxError::Landlock(source)),
         }
     }
+}
+
+/// The fixed rules: each of `read_paths` readable, [`WRITABLE_DEVICES`] read-write, as
+/// `open` opens them (those it can).
+fn rules(abi: ABI, read_paths: &[PathBuf], open: impl Fn(&Path) -> io::Result<OwnedFd>) -> Rules {
+    let readable = read_paths.iter().filter_map(|path| {
+        let fd = open(path).ok()?;
+        let stat = nix::sys::stat::fstat(&fd).ok()?;
+        let is_file = stat.st_mode & libc::S_IFMT == libc::S_IFREG;
+        Some((fd, for_kind(AccessFs::from_read(abi), abi, !is_file)))
+    });
+    let devices = WRITABLE_DEVICES.iter().filter_map(|device| {
+        let access = AccessFs::ReadFile | AccessFs::WriteFile;
+        Some((open(Path::new(device)).ok()?, access))
+    });
+    readable.chain(devices).collect()
 }
 
 /// `access` as a rule on a directory, or only the part of it that applies to a file (as
@@ -238,8 +295,8 @@ mod tests {
         std::fs::create_dir(&work).unwrap();
         std::fs::create_dir(&scratch).unwrap();
 
-        let first = policy.ruleset(&[&work, &scratch]).unwrap();
-        let again = policy.ruleset(&[&work, &scratch]).unwrap();
+        let first = policy.ruleset(None, &[&work, &scratch]).unwrap();
+        let again = policy.ruleset(None, &[&work, &scratch]).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "the same directories reuse it");
         assert!(can_write(&again, &scratch));
         assert!(!can_write(&again, dir.path()), "only the two directories");
@@ -248,7 +305,7 @@ mod tests {
         // job write it, while the kept one would not.
         std::fs::remove_dir_all(&scratch).unwrap();
         std::fs::create_dir(&scratch).unwrap();
-        let renewed = policy.ruleset(&[&work, &scratch]).unwrap();
+        let renewed = policy.ruleset(None, &[&work, &scratch]).unwrap();
         assert!(!Arc::ptr_eq(&first, &renewed));
         assert!(can_write(&renewed, &scratch));
         assert!(
@@ -259,7 +316,7 @@ mod tests {
         // A directory renamed (as kept scratch directories are) keeps its ruleset.
         let moved = dir.path().join("moved");
         std::fs::rename(&scratch, &moved).unwrap();
-        let after_rename = policy.ruleset(&[&work, &moved]).unwrap();
+        let after_rename = policy.ruleset(None, &[&work, &moved]).unwrap();
         assert!(Arc::ptr_eq(&renewed, &after_rename));
         assert!(can_write(&after_rename, &moved));
         assert_eq!(policy.kept_count(), 2);
@@ -278,17 +335,26 @@ mod tests {
                 path
             })
             .collect();
-        let first = policy.ruleset(&[&dirs[0]]).unwrap();
-        let second = policy.ruleset(&[&dirs[1]]).unwrap();
+        let first = policy.ruleset(None, &[&dirs[0]]).unwrap();
+        let second = policy.ruleset(None, &[&dirs[1]]).unwrap();
         for path in &dirs[2..KEPT_RULESETS] {
-            policy.ruleset(&[path]).unwrap();
+            policy.ruleset(None, &[path]).unwrap();
         }
         assert_eq!(policy.kept_count(), KEPT_RULESETS);
         // Using the first again makes the second the least recently used.
-        assert!(Arc::ptr_eq(&first, &policy.ruleset(&[&dirs[0]]).unwrap()));
-        policy.ruleset(&[&dirs[KEPT_RULESETS]]).unwrap();
+        assert!(Arc::ptr_eq(
+            &first,
+            &policy.ruleset(None, &[&dirs[0]]).unwrap()
+        ));
+        policy.ruleset(None, &[&dirs[KEPT_RULESETS]]).unwrap();
         assert_eq!(policy.kept_count(), KEPT_RULESETS);
-        assert!(Arc::ptr_eq(&first, &policy.ruleset(&[&dirs[0]]).unwrap()));
-        assert!(!Arc::ptr_eq(&second, &policy.ruleset(&[&dirs[1]]).unwrap()));
+        assert!(Arc::ptr_eq(
+            &first,
+            &policy.ruleset(None, &[&dirs[0]]).unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            &second,
+            &policy.ruleset(None, &[&dirs[1]]).unwrap()
+        ));
     }
 }

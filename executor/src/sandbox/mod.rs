@@ -1,8 +1,9 @@
 //! The per-job sandbox. All `unsafe` code and every privilege change of the workspace lives
 //! under this module.
 //!
-//! What it enforces, per job: own process group, rlimits, the sandbox uid (when the
-//! executor is root), no capabilities, `no_new_privs`, Landlock, a seccomp filter, a
+//! What it enforces, per job: own process group, rlimits, its workspace's view (when there
+//! are views, see [`crate::views`]), the sandbox uid (when the executor is root), no
+//! capabilities, `no_new_privs`, Landlock, a seccomp filter, a
 //! rebuilt environment and no inherited descriptors (see [`spawn`] for the order). What it
 //! trusts: the job runner to pass a validated [`spawn::JobCommand`]; the executor's unit to
 //! supply what is applied once for everyone (no network, read-only system, memory and task
@@ -31,6 +32,8 @@ use thiserror::Error;
 
 use crate::config::ExecutorConfig;
 use landlock::LandlockPolicy;
+
+use crate::views::{View, ViewLease, Views};
 use reaper::Reaper;
 use spawn::{ChildPlan, JobCommand, SpawnedJob};
 
@@ -91,6 +94,8 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    #[error("every workspace view is held by other workspaces' jobs")]
+    NoView,
     #[error("setting up the job failed at step `{}`", step.name())]
     ChildSetup {
         step: Step,
@@ -119,17 +124,19 @@ pub enum Step {
     Exec = 14,
     Cgroup = 15,
     Cpus = 16,
+    View = 17,
     Unknown = 0,
 }
 
 impl Step {
-    const ALL: [Step; 16] = [
+    const ALL: [Step; 17] = [
         Step::Signals,
         Step::ProcessGroup,
         Step::Cgroup,
         Step::Stdio,
         Step::CloseDescriptors,
         Step::Rlimits,
+        Step::View,
         Step::Groups,
         Step::Gid,
         Step::Uid,
@@ -159,6 +166,7 @@ impl Step {
             Step::Stdio => "standard descriptors",
             Step::CloseDescriptors => "close inherited descriptors",
             Step::Rlimits => "rlimits",
+            Step::View => "enter the workspace's view",
             Step::Groups => "supplementary groups",
             Step::Gid => "setresgid",
             Step::Uid => "setresuid",
@@ -286,6 +294,9 @@ pub struct Sandbox {
     default_processes: u64,
     /// The signals a child sets back to default (see [`spawn::Dispositions`]).
     dispositions: spawn::Dispositions,
+    /// The workspaces' views, when there are any (see [`crate::views`]), or why not.
+    views: Option<std::sync::Arc<Views>>,
+    views_missing: String,
 }
 
 impl Sandbox {
@@ -298,7 +309,11 @@ impl Sandbox {
         probe_dir: &Path,
         running: Arc<AtomicU32>,
     ) -> Result<Sandbox, SandboxError> {
-        let landlock = LandlockPolicy::probe(&config.extra_read_paths);
+        let mut landlock = LandlockPolicy::probe(&config.extra_read_paths);
+        let (views, views_missing) = open_views(config);
+        if let (Some(policy), Some(views)) = (landlock.as_mut(), &views) {
+            policy.add_views(views);
+        }
         let (seccomp, seccomp_error) = match seccomp::job_filter() {
             Ok(program) if seccomp_available() => (Some(program), None),
             Ok(_) => (
@@ -333,6 +348,8 @@ impl Sandbox {
             spares: None,
             default_processes: config.limits.processes,
             dispositions: spawn::Dispositions::of_this_process(),
+            views,
+            views_missing,
         };
         let probe_failure = sandbox.probe(config, probe_dir).err();
         sandbox.layers = sandbox.assess_layers(probe_failure.as_deref());
@@ -363,8 +380,17 @@ impl Sandbox {
             limits: Limits::default(),
             direct: None,
         };
+        // Through a view when there are views: it proves jobs can enter them.
+        let lease = match &self.views {
+            Some(views) => Some(
+                views
+                    .lease("")
+                    .ok_or_else(|| "no view is free for the probe job".to_owned())?,
+            ),
+            None => None,
+        };
         let started = self
-            .spawn(&command, &[dir], None)
+            .spawn(&command, &[dir], None, lease.as_ref().map(ViewLease::view))
             .map_err(|error| nox_protocol::error_chain(&error))?;
         // Polled rather than awaited: this runs once at start, inside or outside a runtime.
         let mut exit = started.exit;
@@ -434,6 +460,17 @@ impl Sandbox {
                         None => (false, self.seccomp_error.clone().unwrap_or_default()),
                     },
                     Layer::CleanEnvironment => (probe_ok, "allowlisted variables only".into()),
+                    Layer::Views => match &self.views {
+                        Some(views) => (
+                            probe_ok,
+                            format!(
+                                "a root of its own per running workspace: {} views in {}",
+                                views.len(),
+                                views.dir().display()
+                            ),
+                        ),
+                        None => (false, self.views_missing.clone()),
+                    },
                     Layer::NetworkIsolation => (
                         self.network_isolated,
                         if self.network_isolated {
@@ -482,28 +519,26 @@ impl Sandbox {
 
     /// Start a job as `user` (its workspace's owner). Blocking (fork, then wait for exec).
     /// `writable` are the directories Landlock lets the job write.
+    /// `view` is the workspace's view the job enters, when there are views.
     pub fn spawn(
         &self,
         command: &JobCommand,
         writable: &[&Path],
         user: Option<(u32, u32)>,
+        view: Option<&View>,
     ) -> Result<SpawnedJob, SandboxError> {
         let (program, argv, envp) = spawn::command_strings(command)?;
         let direct = match &command.direct {
             Some(direct) => Some(spawn::DirectStrings::new(direct)?),
             None => None,
         };
-        let workdir =
-            spawn::open_dir(&command.workdir).map_err(|source| SandboxError::OpenDirectory {
-                path: command.workdir.clone(),
-                source,
-            })?;
+        let workdir = spawn::open_workdir(&command.workdir, view)?;
         let code = match &command.code {
             Some(bytes) => Some(spawn::memfd_with(bytes).map_err(SandboxError::Pipe)?),
             None => None,
         };
         let landlock = match &self.landlock {
-            Some(policy) => Some(policy.ruleset(writable)?),
+            Some(policy) => Some(policy.ruleset(view.map(View::index), writable)?),
             None => None,
         };
         // A spare has a cgroup already; it only needs this job's limit. The next spare is
@@ -531,6 +566,7 @@ impl Sandbox {
             identity: self.run_as(user),
             keep_capabilities: 0,
             landlock,
+            view: view.map(View::root),
             seccomp: self.seccomp.as_ref(),
             dispositions: &self.dispositions,
             direct,
@@ -544,6 +580,7 @@ impl Sandbox {
         &self,
         job: &zygote::WarmPython<'_>,
         writable: &[&Path],
+        view: Option<&View>,
     ) -> Result<SpawnedJob, SandboxError> {
         let Some(program) = &self.seccomp else {
             return Err(SandboxError::Zygote(
@@ -571,7 +608,7 @@ impl Sandbox {
             }
         };
         let landlock = match &self.landlock {
-            Some(policy) => Some(policy.ruleset(writable)?),
+            Some(policy) => Some(policy.ruleset(view.map(View::index), writable)?),
             None => None,
         };
         if zygote.wants_reservation()
@@ -593,9 +630,20 @@ impl Sandbox {
             job,
             self.run_as(job.user),
             landlock,
+            view,
             cgroup,
             self.nproc_limit(job.limits),
         )
+    }
+
+    /// The view a job of `workspace` runs in: `Ok(None)` when there are no views, an error
+    /// when every view is held by other workspaces (there are as many as job slots, so
+    /// only a straggling hold makes that happen).
+    pub fn lease_view(&self, workspace: &str) -> Result<Option<ViewLease>, SandboxError> {
+        match &self.views {
+            Some(views) => views.lease(workspace).map(Some).ok_or(SandboxError::NoView),
+            None => Ok(None),
+        }
     }
 
     /// The pid of the spare waiting for the next job, if one waits.
@@ -631,6 +679,43 @@ impl Sandbox {
             Some(zygote) => zygote.kill(pid),
             None => self.reaper.kill_group(pid),
         }
+    }
+}
+
+/// The views in `config.views_dir` when jobs can use them, else why not.
+fn open_views(config: &ExecutorConfig) -> (Option<std::sync::Arc<Views>>, String) {
+    let dir = &config.views_dir;
+    match Views::open(dir) {
+        Ok(Some(views)) => {
+            // Views made for another state directory (a packaged executor's, seen by a
+            // development one) would not hold this one's workspaces.
+            let holds =
+                |view: &View| crate::views::inside(view.path(), &config.workspace_root).is_dir();
+            if views.all().iter().all(holds) {
+                (Some(views), String::new())
+            } else {
+                let reason = format!(
+                    "the views in {} do not hold the workspace root {}",
+                    dir.display(),
+                    config.workspace_root.display()
+                );
+                tracing::warn!(reason, "jobs run without views");
+                (None, reason)
+            }
+        }
+        Ok(None) => (
+            None,
+            format!(
+                "no views in {}: jobs share the system files' inodes (locks on them are a \
+                 covert channel); under systemd nox-views.service makes them, outside it \
+                 the executor as root in its own namespaces",
+                dir.display()
+            ),
+        ),
+        Err(error) => (
+            None,
+            format!("could not open the views in {}: {error}", dir.display()),
+        ),
     }
 }
 

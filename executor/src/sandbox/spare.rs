@@ -64,8 +64,8 @@ use super::spawn::{
 };
 
 /// Descriptors a job hands its spare: error pipe, stdin, stdout, stderr, working
-/// directory, Landlock ruleset, and the inherited ones.
-const MAX_HANDED: usize = 6 + MAX_INHERITED;
+/// directory, Landlock ruleset, view, and the inherited ones.
+const MAX_HANDED: usize = 7 + MAX_INHERITED;
 
 /// How long a spare that is dropped unused may take to exit before its memory is leaked
 /// rather than freed under it.
@@ -226,6 +226,7 @@ impl Spare {
             plan.workdir,
         ];
         fds.extend((plan.landlock >= 0).then_some(plan.landlock));
+        fds.extend((plan.view >= 0).then_some(plan.view));
         fds.extend_from_slice(plan.inherit);
         // Wake it here, not on an idle CPU (see the module's docs). If this fails it only
         // wakes where the kernel puts it.
@@ -403,7 +404,8 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
         let plan = &*(usize::from_ne_bytes(address) as *const RawPlan<'_>);
         let mut local = *plan;
         let landlock = usize::from(plan.landlock >= 0);
-        if plan.inherit.len() > MAX_INHERITED || count != 5 + landlock + plan.inherit.len() {
+        let view = usize::from(plan.view >= 0);
+        if plan.inherit.len() > MAX_INHERITED || count != 5 + landlock + view + plan.inherit.len() {
             fail(fds[0], Step::Stdio);
         }
         local.error_fd = fds[0];
@@ -414,7 +416,10 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
         if landlock == 1 {
             local.landlock = fds[5];
         }
-        local.inherit = &fds[5 + landlock..count];
+        if view == 1 {
+            local.view = fds[5 + landlock];
+        }
+        local.inherit = &fds[5 + landlock + view..count];
         local.cgroup_procs = -1; // joined already
         if let Some(cpus) = &start.cpus
             && libc::sched_setaffinity(0, std::mem::size_of_val(cpus), cpus) != 0

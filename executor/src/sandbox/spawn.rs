@@ -2,8 +2,9 @@
 //!
 //! INVARIANT: the order of the child's steps is fixed and is the order of [`Step`]:
 //! signals reset → own process group → the job's pids cgroup → stdio and the code descriptor in place → every
-//! other descriptor close-on-exec → rlimits → supplementary groups, gid, uid (as root) →
-//! working directory → no capabilities in any set → `no_new_privs` → Landlock → seccomp →
+//! other descriptor close-on-exec → rlimits → the workspace's view (`fchdir` to its root,
+//! `chroot`: it needs CAP_SYS_CHROOT, so before the uid change) → supplementary groups,
+//! gid, uid (as root) → working directory → no capabilities in any set → `no_new_privs` → Landlock → seccomp →
 //! exec. rlimits come before the uid change so the job cannot raise them (it lacks
 //! CAP_SYS_RESOURCE afterwards); `no_new_privs` before Landlock and seccomp because both
 //! require it without CAP_SYS_ADMIN; seccomp last so no earlier step can be refused by it.
@@ -111,6 +112,9 @@ pub struct ChildPlan<'a> {
     pub keep_capabilities: u32,
     /// The job's Landlock ruleset, shared with later jobs (see `landlock`).
     pub landlock: Option<std::sync::Arc<OwnedFd>>,
+    /// The root of the workspace's view the child enters (see `crate::views`); the
+    /// working directory is then opened through it.
+    pub view: Option<std::os::fd::BorrowedFd<'a>>,
     pub seccomp: Option<&'a BpfProgram>,
     /// The signals the child sets back to their default disposition.
     pub dispositions: &'a Dispositions,
@@ -256,6 +260,24 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     raise_fd(fd)
 }
 
+/// A job's working directory, opened through its view when it has one (so that `..`
+/// from it stops at the view's root), numbered above what a child places.
+pub fn open_workdir(
+    path: &Path,
+    view: Option<&crate::views::View>,
+) -> Result<OwnedFd, SandboxError> {
+    let opened = match view {
+        Some(view) => view
+            .open(path, nix::fcntl::OFlag::O_DIRECTORY)
+            .and_then(raise_fd),
+        None => open_dir(path),
+    };
+    opened.map_err(|source| SandboxError::OpenDirectory {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// `program` as the kernel takes it.
 pub(super) fn fprog(program: &BpfProgram) -> libc::sock_fprog {
     libc::sock_fprog {
@@ -318,6 +340,7 @@ pub fn spawn(
         identity: plan.identity,
         keep_capabilities: plan.keep_capabilities,
         landlock: plan.landlock.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+        view: plan.view.as_ref().map_or(-1, AsRawFd::as_raw_fd),
         seccomp: plan.seccomp.map(fprog),
         error_fd: error_write.as_raw_fd(),
         dispositions: plan.dispositions,
@@ -500,6 +523,8 @@ pub(super) struct RawPlan<'a> {
     identity: Option<(u32, u32)>,
     keep_capabilities: u32,
     pub(super) landlock: RawFd,
+    /// The view's root, or -1.
+    pub(super) view: RawFd,
     /// `None` when the child has it already (a spare loads it while it waits).
     pub(super) seccomp: Option<libc::sock_fprog>,
     pub(super) error_fd: RawFd,
@@ -720,6 +745,11 @@ pub(super) unsafe fn enter_job(plan: &RawPlan<'_>) -> ! {
             if libc::setrlimit(*resource, limit) != 0 {
                 fail(Step::Rlimits);
             }
+        }
+        // The view: every path the job names resolves in it from here on, and `..` stops
+        // at its root (the working directory below is opened through it).
+        if plan.view >= 0 && (libc::fchdir(plan.view) != 0 || libc::chroot(c".".as_ptr()) != 0) {
+            fail(Step::View);
         }
         // Raw system calls, not libc's wrappers: glibc's set*id wrappers apply the change
         // to every thread of the process, and in this CLONE_VM child its thread list is

@@ -5,9 +5,9 @@
 # its own process group; it never runs job code itself. It listens on
 # descriptor 3 (a SOCK_SEQPACKET socket to the executor) and holds the job seccomp program
 # on descriptor 4. For each "run" message (only an id, with descriptors attached: stdio, the
-# workspace, the code, the job's details, its Landlock ruleset, its pids cgroup) it forks; the
-# child puts itself in its own process group, takes the job's stdio, lowers its rlimits,
-# takes its workspace's uid and gid, drops every capability, enters the workspace, closes every other descriptor (the control socket first of all),
+# workspace, the code, the job's details, its Landlock ruleset, its workspace's view, its pids
+# cgroup) it forks; the child puts itself in its own process group, takes the job's stdio,
+# lowers its rlimits, enters the view (fchdir + chroot), takes its workspace's uid and gid, drops every capability, enters the workspace, closes every other descriptor (the control socket first of all),
 # restricts itself with the job's Landlock ruleset and loads the seccomp program, reports
 # "ok" on a pipe, and only then runs the code, in a fresh __main__, exactly as the cold
 # path's bootstrap does. Jobs share nothing with each other but the zygote's read-only
@@ -72,7 +72,8 @@ REPORTS = {}
 
 def drop_capabilities():
     """Empty every capability set: the zygote keeps CAP_SETUID, CAP_SETGID and CAP_KILL
-    (to give each job its workspace's uid and to kill job groups); a job keeps none."""
+    (to give each job its workspace's uid and to kill job groups) and with views
+    CAP_SYS_CHROOT; a job keeps none."""
     if PRCTL(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "PR_CAP_AMBIENT_CLEAR_ALL")
     if SYSCALL(SYS_CAPSET, CAP_HEADER, CAP_DATA) != 0:
@@ -114,6 +115,12 @@ def run_job(fds, report, joined=False, spare=False):
         step = "rlimits"
         for resource_id, soft, hard in spec["rlimits"]:
             resource.setrlimit(resource_id, (soft, hard))
+        if "view" in extra:
+            # The workspace's view: every path resolves in it from here on (the workspace
+            # descriptor was opened through it). Needs CAP_SYS_CHROOT, dropped below.
+            step = "enter the workspace's view"
+            os.fchdir(extra["view"])
+            os.chroot(".")
         # The workspace's own uid (and gid), before entering it: it is 0700 to that uid.
         if spec["user"] is not None:
             uid, gid = spec["user"]
@@ -428,7 +435,7 @@ def main():
             os.read(wake_read, 4096)
             reap()
         if CONTROL in ready:
-            data, fds, _, _ = socket.recv_fds(CONTROL, 1 << 16, 8)
+            data, fds, _, _ = socket.recv_fds(CONTROL, 1 << 16, 16)
             if not data:
                 for pid in CHILDREN:
                     try:

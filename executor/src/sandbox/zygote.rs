@@ -2,7 +2,7 @@
 //!
 //! The zygote is started through the ordinary spawn path — sandbox uid, no capabilities but
 //! CAP_SETUID, CAP_SETGID and CAP_KILL (as root: it gives each job its workspace's uid and
-//! kills job groups), `no_new_privs`, clean environment, own process group — without
+//! kills job groups; and CAP_SYS_CHROOT with views, to put each job in its workspace's), `no_new_privs`, clean environment, own process group — without
 //! Landlock and seccomp,
 //! which each job's process applies for itself after the fork (the Landlock ruleset of its
 //! workspace arrives as a descriptor with the job; the seccomp program is the executor's
@@ -39,6 +39,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const CAP_KILL: u32 = 5;
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
+const CAP_SYS_CHROOT: u32 = 18;
 
 /// A Python job for the zygote.
 #[derive(Debug)]
@@ -201,13 +202,17 @@ impl Zygote {
             ],
             cgroup: None,
             identity: sandbox.identity.switch_to,
-            // To give each job its workspace's uid, and to kill job groups of those uids.
-            keep_capabilities: if sandbox.identity.switch_to.is_some() {
-                1 << CAP_SETUID | 1 << CAP_SETGID | 1 << CAP_KILL
-            } else {
-                0
+            // To give each job its workspace's uid, and to kill job groups of those uids;
+            // with views, to put each job in its workspace's.
+            keep_capabilities: match (sandbox.identity.switch_to, &sandbox.views) {
+                (Some(_), Some(_)) => {
+                    1 << CAP_SETUID | 1 << CAP_SETGID | 1 << CAP_KILL | 1 << CAP_SYS_CHROOT
+                }
+                (Some(_), None) => 1 << CAP_SETUID | 1 << CAP_SETGID | 1 << CAP_KILL,
+                (None, _) => 0,
             },
             landlock: None,
+            view: None,
             seccomp: None,
             dispositions: &sandbox.dispositions,
             direct: None,
@@ -281,17 +286,14 @@ impl Zygote {
         job: &WarmPython<'_>,
         user: Option<(u32, u32)>,
         landlock: Option<std::sync::Arc<OwnedFd>>,
+        view: Option<&crate::views::View>,
         cgroup: Option<super::cgroup::JobCgroup>,
         nproc: u64,
     ) -> Result<SpawnedJob, SandboxError> {
         let (stdin_read, stdin_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
         let (stdout_read, stdout_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
         let (stderr_read, stderr_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
-        let workdir =
-            spawn::open_dir(job.workdir).map_err(|source| SandboxError::OpenDirectory {
-                path: job.workdir.to_path_buf(),
-                source,
-            })?;
+        let workdir = spawn::open_workdir(job.workdir, view)?;
         let code = spawn::memfd_with(job.code).map_err(SandboxError::Pipe)?;
         let rlimits: Vec<[u64; 3]> = spawn::rlimits_for(job.limits, nproc)
             .into_iter()
@@ -306,6 +308,7 @@ impl Zygote {
         // holds them, so no later fork can find them in its memory.
         let extra: Vec<&str> = [
             landlock.as_ref().map(|_| "landlock"),
+            view.map(|_| "view"),
             cgroup.as_ref().map(|_| "cgroup"),
         ]
         .into_iter()
@@ -332,6 +335,9 @@ impl Zygote {
         // Optional descriptors follow the six, named in the details' "extra" in order.
         if let Some(ruleset) = &landlock {
             fds.push(ruleset.as_raw_fd());
+        }
+        if let Some(view) = view {
+            fds.push(view.as_raw_fd());
         }
         if let Some(cgroup) = &cgroup {
             fds.push(cgroup.procs());

@@ -1,0 +1,624 @@
+//! Views: a root of its own for each workspace with jobs running, so that no two tenants'
+//! jobs ever hold the same inode of a system file.
+//!
+//! Locks (`flock`, POSIX and OFD record locks) and notifications belong to an inode, and
+//! every job reads the same `/etc`, `/usr`, `/dev`: a lock one tenant's job takes on
+//! `/etc/hostname` (read-only to it, but a lock needs only a read descriptor) is seen by
+//! another tenant's job, a covert channel no permission, Landlock rule or seccomp filter
+//! closes without refusing locks outright (which breaks sqlite). A file read through an
+//! overlayfs mount is an inode of that overlay, though: a lock taken through one overlay
+//! of `/etc` is not seen through another, nor through `/etc` itself (checked on this
+//! kernel, and under systemd 252). So each view is a small tmpfs with:
+//!
+//! - the system directories as read-only overlays of the host's (their only layers the
+//!   host's directory and an empty one), symbolic links like `/bin` → `usr/bin` as links;
+//! - `/sys` as an overlay too, falling back to a read-only bind where sysfs cannot be a
+//!   lower layer;
+//! - a `/dev` of its own (a tmpfs with `null`, `zero`, `full`, `random`, `urandom` and the
+//!   `fd`/`stdin`/`stdout`/`stderr` links: what systemd's `PrivateDevices=` leaves a job);
+//! - a `/proc` of its own, `hidepid=invisible`, with `/proc/locks` covered;
+//! - the state directory and the workspace root bound in read-write (Landlock still lets
+//!   each job reach only its own workspace and scratch directory), and any extra readable
+//!   path read-only.
+//!
+//! Views are made ahead of time, as many as jobs may run at once: by the executor itself
+//! in the namespace it makes outside systemd (see `namespaces`), and under systemd by
+//! `nox-executor views` in a oneshot unit ordered before the executor's (which may not
+//! mount). A job enters its workspace's view before it changes uid (`fchdir` to the view's
+//! root, `chroot(".")`; the executor needs `CAP_SYS_CHROOT`, the job keeps no
+//! capability), with its working directory and its Landlock rules opened through the
+//! view. [`Views`] hands them out: every running job of a workspace shares that
+//! workspace's view, and a view goes to another workspace only once all of them have
+//! ended (their process groups killed), the least recently released first.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+
+use crate::ExecutorConfig;
+
+/// System directories in a view, read-only (those that exist; a symbolic link, like
+/// `/bin` → `usr/bin`, is made again as the same link).
+pub const SYSTEM: [&str; 9] = [
+    "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc", "/opt",
+];
+
+/// Options of a view's `/proc`: a process is listed only to those who may ptrace it, as
+/// systemd's `ProtectProc=invisible`.
+pub const PROC_OPTIONS: &str = "hidepid=invisible";
+
+/// Files of the kernel's a view covers with an empty, unreadable one (as systemd's
+/// `InaccessiblePaths=`): `/proc/locks` lists every lock on the host with its holder's pid
+/// and inode.
+pub const HIDDEN: [&str; 1] = ["/proc/locks"];
+
+/// The device nodes of a view's `/dev`: name, major, minor.
+const DEVICES: [(&str, u64, u64); 5] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+];
+
+/// The links of a view's `/dev`.
+const DEVICE_LINKS: [(&str, &str); 4] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// The file that says a directory is a finished view (made last, before the view's root
+/// becomes read-only).
+const MARK: &str = ".nox-view";
+
+/// The empty directory every overlay has as its second lower layer, beside the views.
+const EMPTY: &str = ".empty";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("could not {step}")]
+    Step {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What every view holds besides the system: real, absolute paths.
+#[derive(Debug, Clone, Copy)]
+struct Contents<'a> {
+    /// Bound read-write (the state directory, the workspace root).
+    writable: &'a [PathBuf],
+    /// Bound read-only when not under a system directory already (a Python outside `/usr`).
+    readable: &'a [PathBuf],
+}
+
+/// The paths jobs read outside the system directories: the extra readable ones, and the
+/// directories of the interpreter and the shell.
+pub fn readable_paths(config: &ExecutorConfig) -> Vec<PathBuf> {
+    let mut readable = config.extra_read_paths.clone();
+    for program in [&config.python, &config.shell] {
+        if let Some(parent) = program.parent() {
+            readable.push(parent.to_path_buf());
+        }
+    }
+    readable
+}
+
+/// Make the views `config` asks for in `dir` — its `views_dir` (`nox-executor views`, as
+/// root, before the executor starts: nox-views.service), or where that will be once the
+/// executor has pivoted into its own root — from this process's view of the host. The
+/// state directory and the workspace root are made first if missing (`0711`, as the
+/// executor's unit makes its state directory).
+pub fn build_configured(config: &ExecutorConfig, dir: &Path) -> Result<(), ViewError> {
+    let writable = [config.state_dir.clone(), config.workspace_root.clone()];
+    for dir in &writable {
+        if !dir.exists() {
+            make_dir(dir, 0o711)?;
+        }
+    }
+    let readable = readable_paths(config);
+    let contents = Contents {
+        writable: &writable,
+        readable: &readable,
+    };
+    build_all(dir, config.view_count(), contents)
+}
+
+/// Make `count` views `dir/0` … `dir/<count - 1>` (replacing any made before) from the
+/// host's directories as this process sees them. Needs `CAP_SYS_ADMIN` and `CAP_MKNOD`.
+fn build_all(dir: &Path, count: usize, contents: Contents<'_>) -> Result<(), ViewError> {
+    make_dir(dir, 0o755)?;
+    let empty = dir.join(EMPTY);
+    make_dir(&empty, 0o555)?;
+    for index in 0..count {
+        let root = dir.join(index.to_string());
+        // A view made before (the unit restarted): its mounts go, lazily, with it.
+        if root.join(MARK).exists() {
+            umount2(&root, MntFlags::MNT_DETACH)
+                .map_err(step(format!("unmount the old {}", root.display())))?;
+        }
+        make_dir(&root, 0o755)?;
+        build_one(&root, &empty, contents)?;
+    }
+    Ok(())
+}
+
+/// Unmount the views in `dir` (lazily: a job still in one keeps it until it ends) and
+/// remove their directories: what stopping nox-views.service does.
+pub fn remove_all(dir: &Path) -> Result<usize, ViewError> {
+    let mut removed = 0;
+    loop {
+        let root = dir.join(removed.to_string());
+        if !root.join(MARK).exists() {
+            break;
+        }
+        umount2(&root, MntFlags::MNT_DETACH)
+            .map_err(step(format!("unmount {}", root.display())))?;
+        std::fs::remove_dir(&root).map_err(step(format!("remove {}", root.display())))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// One view at `root` (an empty directory).
+fn build_one(root: &Path, empty: &Path, contents: Contents<'_>) -> Result<(), ViewError> {
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=64k"),
+    )
+    .map_err(step(format!("mount a tmpfs on {}", root.display())))?;
+    let mut covered: Vec<PathBuf> = Vec::new();
+    for system in SYSTEM {
+        let source = Path::new(system);
+        let Ok(meta) = source.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_symlink() {
+            let link = std::fs::read_link(source).map_err(step(format!("read {system}")))?;
+            std::os::unix::fs::symlink(&link, inside(root, source))
+                .map_err(step(format!("link {system} in {}", root.display())))?;
+        } else {
+            overlay(root, source, empty)?;
+        }
+        covered.push(source.to_path_buf());
+    }
+    let sys = Path::new("/sys");
+    if overlay(root, sys, empty).is_err() {
+        bind(root, sys, true, true)?;
+    }
+    covered.push(sys.to_path_buf());
+    devices(root)?;
+    proc(root)?;
+    for path in contents.readable {
+        let Ok(real) = path.canonicalize() else {
+            continue;
+        };
+        if !covered.iter().any(|done| real.starts_with(done)) {
+            bind(root, &real, true, true)?;
+            covered.push(real);
+        }
+    }
+    // Parents first, so that a directory inside another is bound onto the first's.
+    let mut own: Vec<&PathBuf> = contents.writable.iter().collect();
+    own.sort();
+    own.dedup();
+    for path in own {
+        bind(root, path, false, false)?;
+    }
+    std::fs::File::create(root.join(MARK)).map_err(step("mark the view finished"))?;
+    mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(step(format!("make {} read-only", root.display())))
+}
+
+/// `source` at the same path under `root` as a read-only overlay: the host's directory
+/// and `empty` its only layers, so its inodes are the overlay's own.
+fn overlay(root: &Path, source: &Path, empty: &Path) -> Result<(), ViewError> {
+    let target = inside(root, source);
+    std::fs::create_dir_all(&target)
+        .map_err(step(format!("create {} in the view", source.display())))?;
+    let options = format!("lowerdir={}:{}", source.display(), empty.display());
+    mount(
+        Some("overlay"),
+        &target,
+        Some("overlay"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+        Some(options.as_str()),
+    )
+    .map_err(step(format!("overlay {} in the view", source.display())))
+}
+
+/// The view's `/dev`: a tmpfs of its own with the usual character devices and links,
+/// read-only once made (a device node is written through all the same).
+fn devices(root: &Path) -> Result<(), ViewError> {
+    let dev = root.join("dev");
+    make_dir(&dev, 0o755)?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=16k"),
+    )
+    .map_err(step("mount /dev in the view"))?;
+    for (name, major, minor) in DEVICES {
+        let node = dev.join(name);
+        mknod(
+            &node,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .map_err(step(format!("make /dev/{name} in the view")))?;
+        // mknod's mode is masked by the umask.
+        std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666))
+            .map_err(step(format!("make /dev/{name} writable")))?;
+    }
+    for (name, target) in DEVICE_LINKS {
+        std::os::unix::fs::symlink(target, dev.join(name))
+            .map_err(step(format!("link /dev/{name} in the view")))?;
+    }
+    mount(
+        None::<&str>,
+        &dev,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(step("make /dev read-only in the view"))
+}
+
+/// The view's `/proc`: a new instance that lists only a job's own processes, with
+/// [`HIDDEN`] covered by an empty file nobody may read.
+pub fn proc(root: &Path) -> Result<(), ViewError> {
+    let proc = root.join("proc");
+    make_dir(&proc, 0o555)?;
+    mount(
+        Some("proc"),
+        &proc,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(PROC_OPTIONS),
+    )
+    .map_err(step("mount /proc in the view"))?;
+    let inaccessible = root.join(".inaccessible");
+    std::fs::File::create(&inaccessible)
+        .and_then(|file| file.set_permissions(std::fs::Permissions::from_mode(0o000)))
+        .map_err(step("create an inaccessible file"))?;
+    for hidden in HIDDEN {
+        let target = inside(root, Path::new(hidden));
+        if target.exists() {
+            mount(
+                Some(&inaccessible),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(step(format!("hide {hidden} in the view")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where `path` goes under `root`.
+pub fn inside(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Bind `source` (a directory, a file or a socket) at the same path under `root`: with the
+/// mounts beneath it (`mounts`) or only its own file system; read-only and without setuid
+/// (`read_only`), else as it is.
+pub fn bind(root: &Path, source: &Path, read_only: bool, mounts: bool) -> Result<(), ViewError> {
+    let target = inside(root, source);
+    let described = || source.display().to_string();
+    let created = if source.is_dir() {
+        std::fs::create_dir_all(&target)
+    } else {
+        target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::File::create(&target).map(drop))
+    };
+    created.map_err(step(format!("create {} in the view", described())))?;
+    let mut flags = MsFlags::MS_BIND;
+    if mounts {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(Some(source), &target, None::<&str>, flags, None::<&str>)
+        .map_err(step(format!("bind {} into the view", described())))?;
+    if read_only {
+        // A bind mount takes new flags only on a remount.
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+            None::<&str>,
+        )
+        .map_err(step(format!("make {} read-only in the view", described())))?;
+    }
+    Ok(())
+}
+
+/// `path` as a directory with `mode` (made if missing; the mode set whatever the umask).
+fn make_dir(path: &Path, mode: u32) -> Result<(), ViewError> {
+    std::fs::create_dir_all(path)
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+        .map_err(step(format!("create {}", path.display())))
+}
+
+/// The error of a failed `what` (an `io::Error` or a `nix` errno).
+pub fn step<E: Into<io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> ViewError {
+    move |source| ViewError::Step {
+        step: what.into(),
+        source: source.into(),
+    }
+}
+
+/// One finished view, its root held open.
+#[derive(Debug)]
+pub struct View {
+    index: usize,
+    path: PathBuf,
+    /// `O_PATH` directory, numbered above what a child places (see `spawn::raise_fd`):
+    /// a job's child `fchdir`s to it and `chroot`s.
+    root: OwnedFd,
+}
+
+impl View {
+    /// Its number in the pool.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Where it is, as the executor sees it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its root, for the child's `fchdir` and `chroot`.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// `path`, absolute as a job names it, opened inside the view: resolved as if the
+    /// view were the root (symbolic links and `..` included), close-on-exec.
+    pub fn open(&self, path: &Path, flags: OFlag) -> io::Result<OwnedFd> {
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        Ok(openat2(self.root.as_fd(), path, how)?)
+    }
+}
+
+/// The views, and which workspace holds which.
+#[derive(Debug)]
+pub struct Views {
+    dir: PathBuf,
+    views: Vec<View>,
+    state: Mutex<Assignment>,
+}
+
+#[derive(Debug, Default)]
+struct Assignment {
+    /// Workspace → (view, running jobs).
+    held: HashMap<String, (usize, usize)>,
+    /// Views no running job holds, the least recently released first.
+    free: VecDeque<usize>,
+    /// The workspace each view was last held by.
+    last: Vec<Option<String>>,
+}
+
+impl Views {
+    /// The finished views `dir/0`, `dir/1`, … (up to the first missing one); `None` when
+    /// there is none.
+    pub fn open(dir: &Path) -> io::Result<Option<Arc<Views>>> {
+        let mut views = Vec::new();
+        loop {
+            let path = dir.join(views.len().to_string());
+            if !path.join(MARK).exists() {
+                break;
+            }
+            let root = nix::fcntl::open(
+                &path,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                Mode::empty(),
+            )?;
+            let root = crate::sandbox::spawn::raise_fd(root)?;
+            views.push(View {
+                index: views.len(),
+                path,
+                root,
+            });
+        }
+        if views.is_empty() {
+            return Ok(None);
+        }
+        let state = Assignment {
+            held: HashMap::new(),
+            free: (0..views.len()).collect(),
+            last: vec![None; views.len()],
+        };
+        Ok(Some(Arc::new(Views {
+            dir: dir.to_path_buf(),
+            views,
+            state: Mutex::new(state),
+        })))
+    }
+
+    /// Where they are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Never: [`Views::open`] gives `None` instead.
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// Every view, in order.
+    pub fn all(&self) -> &[View] {
+        &self.views
+    }
+
+    /// The view `workspace`'s job runs in: the one its running jobs hold, else a free one
+    /// (the one it held last if free, else the least recently released). `None` when every
+    /// view is held by other workspaces.
+    pub fn lease(self: &Arc<Self>, workspace: &str) -> Option<ViewLease> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = if let Some((index, running)) = state.held.get_mut(workspace) {
+            *running += 1;
+            *index
+        } else {
+            let at = state
+                .free
+                .iter()
+                .position(|&free| state.last[free].as_deref() == Some(workspace))
+                .unwrap_or(0);
+            let index = state.free.remove(at)?;
+            state.held.insert(workspace.to_owned(), (index, 1));
+            state.last[index] = Some(workspace.to_owned());
+            index
+        };
+        Some(ViewLease {
+            views: Arc::clone(self),
+            index,
+            workspace: workspace.to_owned(),
+        })
+    }
+
+    fn release(&self, workspace: &str) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((index, running)) = state.held.get_mut(workspace) {
+            *running -= 1;
+            if *running == 0 {
+                let index = *index;
+                state.held.remove(workspace);
+                state.free.push_back(index);
+            }
+        }
+    }
+}
+
+/// One job's hold on its workspace's view; released when dropped (once the job has ended).
+#[derive(Debug)]
+pub struct ViewLease {
+    views: Arc<Views>,
+    index: usize,
+    workspace: String,
+}
+
+impl ViewLease {
+    /// The view.
+    pub fn view(&self) -> &View {
+        &self.views.views[self.index]
+    }
+}
+
+impl Drop for ViewLease {
+    fn drop(&mut self) {
+        self.views.release(&self.workspace);
+    }
+}
+
+impl AsRawFd for View {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.root.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `count` directories that look like finished views (no mounts: the pool only opens
+    /// them).
+    fn pool(count: usize) -> (tempfile::TempDir, Arc<Views>) {
+        let dir = tempfile::tempdir().unwrap();
+        for index in 0..count {
+            let root = dir.path().join(index.to_string());
+            std::fs::create_dir(&root).unwrap();
+            std::fs::File::create(root.join(MARK)).unwrap();
+        }
+        let views = Views::open(dir.path()).unwrap().unwrap();
+        (dir, views)
+    }
+
+    #[test]
+    fn no_finished_view_is_no_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("0")).unwrap();
+        assert!(Views::open(dir.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_jobs_of_one_workspace_share_its_view_and_other_workspaces_get_others() {
+        let (_dir, views) = pool(3);
+        let a1 = views.lease("alpha").unwrap();
+        let a2 = views.lease("alpha").unwrap();
+        let b = views.lease("beta").unwrap();
+        let c = views.lease("gamma").unwrap();
+        assert_eq!(a1.view().index(), a2.view().index());
+        let held = [a1.view().index(), b.view().index(), c.view().index()];
+        assert_eq!(
+            held.iter().collect::<std::collections::BTreeSet<_>>().len(),
+            3
+        );
+        // Every view is held: a fourth workspace waits, alpha's next job does not.
+        assert!(views.lease("delta").is_none());
+        assert!(views.lease("alpha").is_some());
+    }
+
+    #[test]
+    fn a_view_goes_to_another_workspace_only_when_all_of_its_jobs_have_ended() {
+        let (_dir, views) = pool(1);
+        let first = views.lease("alpha").unwrap();
+        let second = views.lease("alpha").unwrap();
+        drop(first);
+        assert!(views.lease("beta").is_none(), "alpha still runs a job");
+        drop(second);
+        assert_eq!(views.lease("beta").unwrap().view().index(), 0);
+    }
+
+    #[test]
+    fn a_workspace_gets_its_last_view_back_else_the_least_recently_released() {
+        let (_dir, views) = pool(3);
+        let (a, b, c) = (
+            views.lease("alpha").unwrap(),
+            views.lease("beta").unwrap(),
+            views.lease("gamma").unwrap(),
+        );
+        let (alpha, beta) = (a.view().index(), b.view().index());
+        drop(b);
+        drop(a);
+        drop(c);
+        // Free now, oldest first: beta's, alpha's, gamma's.
+        assert_eq!(views.lease("alpha").unwrap().view().index(), alpha);
+        let delta = views.lease("delta").unwrap();
+        assert_eq!(delta.view().index(), beta);
+    }
+}
