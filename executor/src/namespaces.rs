@@ -28,7 +28,7 @@ use nix::sched::{CloneFlags, unshare};
 use serde::{Deserialize, Serialize};
 
 use crate::ExecutorConfig;
-use crate::views::{self, SYSTEM, ViewError, bind, inside};
+use crate::views::{self, ViewError, bind, inside};
 
 /// Whether the executor makes its own namespaces (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -213,21 +213,7 @@ fn build_view(
     )
     .map_err(step(format!("mount a tmpfs on {}", root.display())))?;
 
-    let mut recursive: Vec<PathBuf> = Vec::new();
-    for system in SYSTEM {
-        let source = Path::new(system);
-        let Ok(meta) = source.symlink_metadata() else {
-            continue;
-        };
-        if meta.is_symlink() {
-            let link = std::fs::read_link(source).map_err(step(format!("read {system}")))?;
-            std::os::unix::fs::symlink(&link, inside(&root, source))
-                .map_err(step(format!("link {system} in the view")))?;
-            continue;
-        }
-        bind(&root, source, true, true)?;
-        recursive.push(source.to_path_buf());
-    }
+    let mut recursive = views::place_system(&root, |source| bind(&root, source, true, true))?;
     for kernel in KERNEL {
         bind(&root, Path::new(kernel), false, true)?;
         recursive.push(PathBuf::from(kernel));

@@ -180,21 +180,7 @@ fn build_one(root: &Path, empty: &Path, contents: Contents<'_>) -> Result<(), Vi
         Some("mode=0755,size=64k"),
     )
     .map_err(step(format!("mount a tmpfs on {}", root.display())))?;
-    let mut covered: Vec<PathBuf> = Vec::new();
-    for system in SYSTEM {
-        let source = Path::new(system);
-        let Ok(meta) = source.symlink_metadata() else {
-            continue;
-        };
-        if meta.is_symlink() {
-            let link = std::fs::read_link(source).map_err(step(format!("read {system}")))?;
-            std::os::unix::fs::symlink(&link, inside(root, source))
-                .map_err(step(format!("link {system} in {}", root.display())))?;
-        } else {
-            overlay(root, source, empty)?;
-        }
-        covered.push(source.to_path_buf());
-    }
+    let mut covered = place_system(root, |source| overlay(root, source, empty))?;
     let sys = Path::new("/sys");
     if overlay(root, sys, empty).is_err() {
         bind(root, sys, true, true)?;
@@ -227,6 +213,30 @@ fn build_one(root: &Path, empty: &Path, contents: Contents<'_>) -> Result<(), Vi
         None::<&str>,
     )
     .map_err(step(format!("make {} read-only", root.display())))
+}
+
+/// Each of [`SYSTEM`] that exists, under `root`: a symbolic link made again as the same
+/// link, a directory handed to `place` (to mount it there). Returns the directories.
+pub fn place_system(
+    root: &Path,
+    mut place: impl FnMut(&Path) -> Result<(), ViewError>,
+) -> Result<Vec<PathBuf>, ViewError> {
+    let mut placed = Vec::new();
+    for system in SYSTEM {
+        let source = Path::new(system);
+        let Ok(meta) = source.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_symlink() {
+            let link = std::fs::read_link(source).map_err(step(format!("read {system}")))?;
+            std::os::unix::fs::symlink(&link, inside(root, source))
+                .map_err(step(format!("link {system} in {}", root.display())))?;
+        } else {
+            place(source)?;
+            placed.push(source.to_path_buf());
+        }
+    }
+    Ok(placed)
 }
 
 /// `source` at the same path under `root` as a read-only overlay: the host's directory
