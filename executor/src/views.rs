@@ -21,6 +21,15 @@
 //!   each job reach only its own workspace and scratch directory), and any extra readable
 //!   path read-only.
 //!
+//! Each view also has a user namespace and a network namespace of its own, kept in files
+//! beside it (`<n>.user`, `<n>.net`): every job of a workspace sees only its workspace's
+//! Unix sockets in `/proc/net/unix` (a shared network namespace lists every tenant's
+//! socket names and paths). The user namespace maps every uid and gid to itself and is
+//! owned by root, so the executor enters it without `CAP_SYS_ADMIN` (the owner of a user
+//! namespace has every capability in it), and in it the network namespace it owns; the job
+//! then changes to its workspace's uid there and keeps no capability. Jobs have no network
+//! either way (seccomp refuses every socket but `AF_UNIX`).
+//!
 //! Views are made ahead of time, as many as jobs may run at once: by the executor itself
 //! in the namespace it makes outside systemd (see `namespaces`), and under systemd by
 //! `nox-executor views` in a oneshot unit ordered before the executor's (which may not
@@ -40,6 +49,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::CloneFlags;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
 use crate::ExecutorConfig;
@@ -82,6 +92,19 @@ const MARK: &str = ".nox-view";
 
 /// The empty directory every overlay has as its second lower layer, beside the views.
 const EMPTY: &str = ".empty";
+
+/// A view's namespaces, in files beside it (`<n>.user`, `<n>.net`), in the order a job
+/// enters them.
+const NAMESPACES: [(&str, CloneFlags); 2] = [
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("net", CloneFlags::CLONE_NEWNET),
+];
+
+/// Every uid and gid to itself: a job's uid is the same number inside as outside.
+const IDENTITY_MAP: &str = "0 0 4294967295";
+
+/// `statfs` type of the namespace file system (`NSFS_MAGIC`).
+const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
@@ -149,8 +172,59 @@ fn build_all(dir: &Path, count: usize, contents: Contents<'_>) -> Result<(), Vie
         }
         make_dir(&root, 0o755)?;
         build_one(&root, &empty, contents)?;
+        make_namespaces(dir, index)?;
     }
     Ok(())
+}
+
+/// The file holding view `index`'s namespace `kind`.
+fn namespace_file(dir: &Path, index: usize, kind: &str) -> PathBuf {
+    dir.join(format!("{index}.{kind}"))
+}
+
+/// A user namespace (owned by root, every id mapped to itself) and a network namespace in
+/// it, kept in view `index`'s files: made by a child that unshares both and waits on its
+/// stdin while we map its ids and bind its namespaces to the files.
+fn make_namespaces(dir: &Path, index: usize) -> Result<(), ViewError> {
+    let mut command = std::process::Command::new("/bin/sh");
+    command
+        .args(["-c", "read _"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let flags = NAMESPACES
+        .iter()
+        .fold(CloneFlags::empty(), |all, (_, flag)| all | *flag);
+    let mut child = crate::sandbox::spawn_unshared(&mut command, flags)
+        .map_err(step("start a process in new user and network namespaces"))?;
+    let made = (|| {
+        let proc = PathBuf::from(format!("/proc/{}", child.id()));
+        for map in ["uid_map", "gid_map"] {
+            std::fs::write(proc.join(map), IDENTITY_MAP)
+                .map_err(step(format!("write the view's {map}")))?;
+        }
+        for (kind, _) in NAMESPACES {
+            let file = namespace_file(dir, index, kind);
+            // One made before (the unit restarted) goes first.
+            let _ = umount2(&file, MntFlags::MNT_DETACH);
+            std::fs::File::create(&file).map_err(step(format!("create {}", file.display())))?;
+            mount(
+                Some(&proc.join("ns").join(kind)),
+                &file,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(step(format!(
+                "keep the view's {kind} namespace in {}",
+                file.display()
+            )))?;
+        }
+        Ok(())
+    })();
+    // EOF on its stdin ends it; the namespaces live on in the files.
+    drop(child.stdin.take());
+    let _ = child.wait();
+    made
 }
 
 /// Unmount the views in `dir` (lazily: a job still in one keeps it until it ends) and
@@ -165,6 +239,11 @@ pub fn remove_all(dir: &Path) -> Result<usize, ViewError> {
         umount2(&root, MntFlags::MNT_DETACH)
             .map_err(step(format!("unmount {}", root.display())))?;
         std::fs::remove_dir(&root).map_err(step(format!("remove {}", root.display())))?;
+        for (kind, _) in NAMESPACES {
+            let file = namespace_file(dir, removed, kind);
+            let _ = umount2(&file, MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(&file);
+        }
         removed += 1;
     }
     Ok(removed)
@@ -384,7 +463,7 @@ pub fn step<E: Into<io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> Vi
     }
 }
 
-/// One finished view, its root held open.
+/// One finished view, its root and namespaces held open.
 #[derive(Debug)]
 pub struct View {
     index: usize,
@@ -392,6 +471,17 @@ pub struct View {
     /// `O_PATH` directory, numbered above what a child places (see `spawn::raise_fd`):
     /// a job's child `fchdir`s to it and `chroot`s.
     root: OwnedFd,
+    /// Its user and network namespaces, which a job's child enters first (`setns`); `None`
+    /// when they were not made.
+    namespaces: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// What a job's child enters: a view's root and namespaces.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewFds<'a> {
+    pub root: BorrowedFd<'a>,
+    /// User namespace, then network namespace.
+    pub namespaces: Option<(BorrowedFd<'a>, BorrowedFd<'a>)>,
 }
 
 impl View {
@@ -405,9 +495,20 @@ impl View {
         &self.path
     }
 
-    /// Its root, for the child's `fchdir` and `chroot`.
-    pub fn root(&self) -> BorrowedFd<'_> {
-        self.root.as_fd()
+    /// Its root and namespaces, for the job's child.
+    pub fn fds(&self) -> ViewFds<'_> {
+        ViewFds {
+            root: self.root.as_fd(),
+            namespaces: self
+                .namespaces
+                .as_ref()
+                .map(|(user, net)| (user.as_fd(), net.as_fd())),
+        }
+    }
+
+    /// Whether it has namespaces of its own.
+    pub fn has_namespaces(&self) -> bool {
+        self.namespaces.is_some()
     }
 
     /// `path`, absolute as a job names it, opened inside the view: resolved as if the
@@ -454,10 +555,12 @@ impl Views {
                 Mode::empty(),
             )?;
             let root = crate::sandbox::spawn::raise_fd(root)?;
+            let namespaces = open_namespaces(dir, views.len())?;
             views.push(View {
                 index: views.len(),
                 path,
                 root,
+                namespaces,
             });
         }
         if views.is_empty() {
@@ -532,6 +635,27 @@ impl Views {
             }
         }
     }
+}
+
+/// View `index`'s namespaces, when their files hold namespaces (not the empty files a
+/// failed or removed view leaves).
+fn open_namespaces(dir: &Path, index: usize) -> io::Result<Option<(OwnedFd, OwnedFd)>> {
+    let mut opened = Vec::with_capacity(NAMESPACES.len());
+    for (kind, _) in NAMESPACES {
+        let Ok(fd) = nix::fcntl::open(
+            &namespace_file(dir, index, kind),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) else {
+            return Ok(None);
+        };
+        if nix::sys::statfs::fstatfs(&fd)?.filesystem_type() != NSFS_MAGIC {
+            return Ok(None);
+        }
+        opened.push(crate::sandbox::spawn::raise_fd(fd)?);
+    }
+    let mut opened = opened.into_iter();
+    Ok(opened.next().zip(opened.next()))
 }
 
 /// One job's hold on its workspace's view; released when dropped (once the job has ended).

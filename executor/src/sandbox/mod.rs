@@ -464,9 +464,15 @@ impl Sandbox {
                         Some(views) => (
                             probe_ok,
                             format!(
-                                "a root of its own per running workspace: {} views in {}",
+                                "a root of its own per running workspace: {} views in {}, {}",
                                 views.len(),
-                                views.dir().display()
+                                views.dir().display(),
+                                if views.all().iter().all(View::has_namespaces) {
+                                    "each with its own user and network namespace"
+                                } else {
+                                    "without network namespaces of their own (jobs share \
+                                     one: /proc/net/unix lists every tenant's sockets)"
+                                }
                             ),
                         ),
                         None => (false, self.views_missing.clone()),
@@ -566,7 +572,7 @@ impl Sandbox {
             identity: self.run_as(user),
             keep_capabilities: 0,
             landlock,
-            view: view.map(View::root),
+            view: view.map(View::fds),
             seccomp: self.seccomp.as_ref(),
             dispositions: &self.dispositions,
             direct,
@@ -685,6 +691,13 @@ impl Sandbox {
 /// The views in `config.views_dir` when jobs can use them, else why not.
 fn open_views(config: &ExecutorConfig) -> (Option<std::sync::Arc<Views>>, String) {
     let dir = &config.views_dir;
+    // Only root enters them (chroot, and the user namespaces root owns).
+    if !nix::unistd::geteuid().is_root() {
+        return (
+            None,
+            "the executor is not root: jobs run in its own root".to_owned(),
+        );
+    }
     match Views::open(dir) {
         Ok(Some(views)) => {
             // Views made for another state directory (a packaged executor's, seen by a
@@ -717,6 +730,23 @@ fn open_views(config: &ExecutorConfig) -> (Option<std::sync::Arc<Views>>, String
             format!("could not open the views in {}: {error}", dir.display()),
         ),
     }
+}
+
+/// Start `command` in new namespaces (`flags`, unshared in the child just before its
+/// exec): how the views' namespaces are made (see [`crate::views`]).
+pub fn spawn_unshared(
+    command: &mut std::process::Command,
+    flags: nix::sched::CloneFlags,
+) -> io::Result<std::process::Child> {
+    // SAFETY: the closure runs in the forked child before exec and makes one system call,
+    // unshare, which is async-signal-safe; it allocates nothing and touches no memory
+    // shared with the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            nix::sched::unshare(flags).map_err(io::Error::from)
+        });
+    }
+    command.spawn()
 }
 
 /// The kernel's Landlock ABI version, or a value below 1 when unavailable.

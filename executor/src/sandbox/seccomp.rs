@@ -126,7 +126,6 @@ fn denied_syscalls() -> Vec<(i64, &'static str)> {
         (libc::SYS_fspick, "new mount API"),
         (libc::SYS_mount_setattr, "new mount API"),
         (libc::SYS_unshare, "creating namespaces"),
-        (libc::SYS_setns, "entering namespaces"),
         (
             libc::SYS_setsid,
             "leaving the job's process group (outliving the timeout)",
@@ -249,6 +248,16 @@ fn argument_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
             clone_rules.push(SeccompRule::new(vec![has_flag])?);
         }
         rules.insert(libc::SYS_clone, clone_rules);
+        // setns: only into a user or a network namespace, which a job's process (a spare
+        // loads this filter before it knows its job) does to enter its workspace's view
+        // (see `crate::views`). A job cannot: it has no capability in its own user
+        // namespace, and none in another's (neither root nor the owner). `nstype` is an
+        // int: a Dword comparison; 0 ("any type") is denied.
+        let other_namespace = vec![
+            condition(1, SeccompCmpOp::Ne, libc::CLONE_NEWUSER as u64)?,
+            condition(1, SeccompCmpOp::Ne, libc::CLONE_NEWNET as u64)?,
+        ];
+        rules.insert(libc::SYS_setns, vec![SeccompRule::new(other_namespace)?]);
         // personality: only PER_LINUX and the query value 0xffffffff are allowed
         // (READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE and friends weaken the process).
         let other_persona = vec![
@@ -459,7 +468,6 @@ mod tests {
             libc::SYS_userfaultfd,
             libc::SYS_mount,
             libc::SYS_unshare,
-            libc::SYS_setns,
             libc::SYS_setsid,
             libc::SYS_setpgid,
             libc::SYS_shmget,
@@ -487,6 +495,7 @@ mod tests {
         assert_eq!(rules[&libc::SYS_ioctl].len(), 2);
         assert_eq!(rules[&libc::SYS_personality].len(), 1);
         assert_eq!(rules[&libc::SYS_fcntl].len(), 1);
+        assert_eq!(rules[&libc::SYS_setns].len(), 1);
         assert!(!rules.contains_key(&libc::SYS_execve));
         assert!(
             !rules.contains_key(&libc::SYS_clone3),
@@ -694,6 +703,20 @@ mod tests {
         );
         let newuser = [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0];
         assert_eq!(answer(libc::SYS_clone, AUDIT_ARCH, newuser), eperm);
+        // setns: into a user or a network namespace only (a view's); "any type" (0), a
+        // mount namespace, and both kinds at once are refused.
+        let setns = |nstype: u64| answer(libc::SYS_setns, AUDIT_ARCH, [3, nstype, 0, 0, 0, 0]);
+        let (user, net) = (libc::CLONE_NEWUSER as u64, libc::CLONE_NEWNET as u64);
+        assert_eq!(setns(user), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(setns(net), libc::SECCOMP_RET_ALLOW);
+        for refused in [
+            0,
+            libc::CLONE_NEWNS as u64,
+            user | net,
+            libc::CLONE_NEWPID as u64,
+        ] {
+            assert_eq!(setns(refused), eperm, "nstype {refused:#x}");
+        }
     }
 
     #[test]

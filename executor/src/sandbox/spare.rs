@@ -64,8 +64,9 @@ use super::spawn::{
 };
 
 /// Descriptors a job hands its spare: error pipe, stdin, stdout, stderr, working
-/// directory, Landlock ruleset, view, and the inherited ones.
-const MAX_HANDED: usize = 7 + MAX_INHERITED;
+/// directory, Landlock ruleset, view (root, user and network namespaces), and the
+/// inherited ones.
+const MAX_HANDED: usize = 9 + MAX_INHERITED;
 
 /// How long a spare that is dropped unused may take to exit before its memory is leaked
 /// rather than freed under it.
@@ -227,6 +228,9 @@ impl Spare {
         ];
         fds.extend((plan.landlock >= 0).then_some(plan.landlock));
         fds.extend((plan.view >= 0).then_some(plan.view));
+        if plan.view_user >= 0 {
+            fds.extend([plan.view_user, plan.view_net]);
+        }
         fds.extend_from_slice(plan.inherit);
         // Wake it here, not on an idle CPU (see the module's docs). If this fails it only
         // wakes where the kernel puts it.
@@ -405,7 +409,10 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
         let mut local = *plan;
         let landlock = usize::from(plan.landlock >= 0);
         let view = usize::from(plan.view >= 0);
-        if plan.inherit.len() > MAX_INHERITED || count != 5 + landlock + view + plan.inherit.len() {
+        let namespaces = 2 * usize::from(plan.view_user >= 0);
+        if plan.inherit.len() > MAX_INHERITED
+            || count != 5 + landlock + view + namespaces + plan.inherit.len()
+        {
             fail(fds[0], Step::Stdio);
         }
         local.error_fd = fds[0];
@@ -419,7 +426,11 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
         if view == 1 {
             local.view = fds[5 + landlock];
         }
-        local.inherit = &fds[5 + landlock + view..count];
+        if namespaces == 2 {
+            local.view_user = fds[5 + landlock + view];
+            local.view_net = fds[6 + landlock + view];
+        }
+        local.inherit = &fds[5 + landlock + view + namespaces..count];
         local.cgroup_procs = -1; // joined already
         if let Some(cpus) = &start.cpus
             && libc::sched_setaffinity(0, std::mem::size_of_val(cpus), cpus) != 0

@@ -2,8 +2,9 @@
 //!
 //! INVARIANT: the order of the child's steps is fixed and is the order of [`Step`]:
 //! signals reset → own process group → the job's pids cgroup → stdio and the code descriptor in place → every
-//! other descriptor close-on-exec → rlimits → the workspace's view (`fchdir` to its root,
-//! `chroot`: it needs CAP_SYS_CHROOT, so before the uid change) → supplementary groups,
+//! other descriptor close-on-exec → rlimits → the workspace's view (`setns` into its user
+//! and network namespaces, `fchdir` to its root and `chroot`: as root, so before the uid
+//! change) → supplementary groups,
 //! gid, uid (as root) → working directory → no capabilities in any set → `no_new_privs` → Landlock → seccomp →
 //! exec. rlimits come before the uid change so the job cannot raise them (it lacks
 //! CAP_SYS_RESOURCE afterwards); `no_new_privs` before Landlock and seccomp because both
@@ -112,9 +113,9 @@ pub struct ChildPlan<'a> {
     pub keep_capabilities: u32,
     /// The job's Landlock ruleset, shared with later jobs (see `landlock`).
     pub landlock: Option<std::sync::Arc<OwnedFd>>,
-    /// The root of the workspace's view the child enters (see `crate::views`); the
-    /// working directory is then opened through it.
-    pub view: Option<std::os::fd::BorrowedFd<'a>>,
+    /// The workspace's view the child enters, its namespaces first (see `crate::views`);
+    /// the working directory is then opened through it.
+    pub view: Option<crate::views::ViewFds<'a>>,
     pub seccomp: Option<&'a BpfProgram>,
     /// The signals the child sets back to their default disposition.
     pub dispositions: &'a Dispositions,
@@ -340,7 +341,15 @@ pub fn spawn(
         identity: plan.identity,
         keep_capabilities: plan.keep_capabilities,
         landlock: plan.landlock.as_ref().map_or(-1, AsRawFd::as_raw_fd),
-        view: plan.view.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+        view: plan.view.map_or(-1, |view| view.root.as_raw_fd()),
+        view_user: plan
+            .view
+            .and_then(|view| view.namespaces)
+            .map_or(-1, |(user, _)| user.as_raw_fd()),
+        view_net: plan
+            .view
+            .and_then(|view| view.namespaces)
+            .map_or(-1, |(_, net)| net.as_raw_fd()),
         seccomp: plan.seccomp.map(fprog),
         error_fd: error_write.as_raw_fd(),
         dispositions: plan.dispositions,
@@ -525,6 +534,9 @@ pub(super) struct RawPlan<'a> {
     pub(super) landlock: RawFd,
     /// The view's root, or -1.
     pub(super) view: RawFd,
+    /// The view's user and network namespaces, or -1 (both or neither).
+    pub(super) view_user: RawFd,
+    pub(super) view_net: RawFd,
     /// `None` when the child has it already (a spare loads it while it waits).
     pub(super) seccomp: Option<libc::sock_fprog>,
     pub(super) error_fd: RawFd,
@@ -746,8 +758,17 @@ pub(super) unsafe fn enter_job(plan: &RawPlan<'_>) -> ! {
                 fail(Step::Rlimits);
             }
         }
-        // The view: every path the job names resolves in it from here on, and `..` stops
-        // at its root (the working directory below is opened through it).
+        // The view: its user namespace (root owns it, so root may enter it and has every
+        // capability there), the network namespace it owns, then its root — every path
+        // the job names resolves in it from here on, and `..` stops at it (the working
+        // directory below is opened through it). A chrooted process may not enter a user
+        // namespace: the namespaces come first.
+        if plan.view_user >= 0
+            && (libc::syscall(libc::SYS_setns, plan.view_user, libc::CLONE_NEWUSER) != 0
+                || libc::syscall(libc::SYS_setns, plan.view_net, libc::CLONE_NEWNET) != 0)
+        {
+            fail(Step::View);
+        }
         if plan.view >= 0 && (libc::fchdir(plan.view) != 0 || libc::chroot(c".".as_ptr()) != 0) {
             fail(Step::View);
         }

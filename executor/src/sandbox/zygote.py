@@ -39,6 +39,8 @@ PR_SET_PDEATHSIG = 1
 SYS_LANDLOCK_RESTRICT_SELF = int(sys.argv[1])
 SYS_SECCOMP = int(sys.argv[2])
 SYS_CAPSET = int(sys.argv[3])
+SYS_SETNS = int(sys.argv[4])
+CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 SECCOMP_SET_MODE_FILTER = 1
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -116,9 +118,19 @@ def run_job(fds, report, joined=False, spare=False):
         for resource_id, soft, hard in spec["rlimits"]:
             resource.setrlimit(resource_id, (soft, hard))
         if "view" in extra:
-            # The workspace's view: every path resolves in it from here on (the workspace
-            # descriptor was opened through it). Needs CAP_SYS_CHROOT, dropped below.
+            # The workspace's view: its user namespace (owned by root: root may enter it,
+            # and has every capability in it; so this process becomes root first, with its
+            # CAP_SETUID), the network namespace in it, then its root: every path resolves
+            # in it from here on (the workspace descriptor was opened through it). The
+            # workspace's uid below leaves root again, with no capability anywhere.
             step = "enter the workspace's view"
+            if spec["user"] is None:
+                raise OSError(1, "a job in a view must change uid")
+            if "userns" in extra:
+                os.setresuid(0, 0, 0)
+                for fd, kind in ((extra["userns"], CLONE_NEWUSER), (extra["netns"], CLONE_NEWNET)):
+                    if SYSCALL(SYS_SETNS, fd, kind) != 0:
+                        raise OSError(ctypes.get_errno(), "setns")
             os.fchdir(extra["view"])
             os.chroot(".")
         # The workspace's own uid (and gid), before entering it: it is 0700 to that uid.

@@ -173,6 +173,7 @@ impl Zygote {
                 libc::SYS_landlock_restrict_self.to_string(),
                 libc::SYS_seccomp.to_string(),
                 libc::SYS_capset.to_string(),
+                libc::SYS_setns.to_string(),
             ],
             env: vec![
                 ("PATH".into(), "/usr/bin:/bin".into()),
@@ -309,6 +310,8 @@ impl Zygote {
         let extra: Vec<&str> = [
             landlock.as_ref().map(|_| "landlock"),
             view.map(|_| "view"),
+            view.filter(|view| view.has_namespaces()).map(|_| "userns"),
+            view.filter(|view| view.has_namespaces()).map(|_| "netns"),
             cgroup.as_ref().map(|_| "cgroup"),
         ]
         .into_iter()
@@ -337,7 +340,11 @@ impl Zygote {
             fds.push(ruleset.as_raw_fd());
         }
         if let Some(view) = view {
-            fds.push(view.as_raw_fd());
+            let entered = view.fds();
+            fds.push(entered.root.as_raw_fd());
+            if let Some((user, net)) = entered.namespaces {
+                fds.extend([user.as_raw_fd(), net.as_raw_fd()]);
+            }
         }
         if let Some(cgroup) = &cgroup {
             fds.push(cgroup.procs());
