@@ -21,14 +21,16 @@
 //!   each job reach only its own workspace and scratch directory), and any extra readable
 //!   path read-only.
 //!
-//! Each view also has a user namespace and a network namespace of its own, kept in files
-//! beside it (`<n>.user`, `<n>.net`): every job of a workspace sees only its workspace's
-//! Unix sockets in `/proc/net/unix` (a shared network namespace lists every tenant's
-//! socket names and paths). The user namespace maps every uid and gid to itself and is
-//! owned by root, so the executor enters it without `CAP_SYS_ADMIN` (the owner of a user
-//! namespace has every capability in it), and in it the network namespace it owns; the job
-//! then changes to its workspace's uid there and keeps no capability. Jobs have no network
-//! either way (seccomp refuses every socket but `AF_UNIX`).
+//! Each view also has a network namespace of its own, kept in a file beside it (`<n>.net`):
+//! every job of a workspace sees only its workspace's Unix sockets in `/proc/net/unix` (a
+//! shared network namespace lists every tenant's socket names and paths). The network
+//! namespaces are owned by one user namespace (the file `user`), which maps every uid and
+//! gid to itself and is owned by root, so the executor's child enters it without
+//! `CAP_SYS_ADMIN` (the owner of a user namespace has every capability in it), then its
+//! view's network namespace; the job then changes to its workspace's uid there and keeps
+//! no capability. Entering a user namespace is the dear part (~35 µs here, against ~7 for
+//! a network namespace): one for all views lets a spare enter it before it has a job.
+//! Jobs have no network either way (seccomp refuses every socket but `AF_UNIX`).
 //!
 //! Views are made ahead of time, as many as jobs may run at once: by the executor itself
 //! in the namespace it makes outside systemd (see `namespaces`), and under systemd by
@@ -93,12 +95,8 @@ const MARK: &str = ".nox-view";
 /// The empty directory every overlay has as its second lower layer, beside the views.
 const EMPTY: &str = ".empty";
 
-/// A view's namespaces, in files beside it (`<n>.user`, `<n>.net`), in the order a job
-/// enters them.
-const NAMESPACES: [(&str, CloneFlags); 2] = [
-    ("user", CloneFlags::CLONE_NEWUSER),
-    ("net", CloneFlags::CLONE_NEWNET),
-];
+/// The user namespace that owns every view's network namespace, in `dir`.
+const USER_NAMESPACE: &str = "user";
 
 /// Every uid and gid to itself: a job's uid is the same number inside as outside.
 const IDENTITY_MAP: &str = "0 0 4294967295";
@@ -172,63 +170,82 @@ fn build_all(dir: &Path, count: usize, contents: Contents<'_>) -> Result<(), Vie
         }
         make_dir(&root, 0o755)?;
         build_one(&root, &empty, contents)?;
-        make_namespaces(dir, index)?;
+    }
+    make_namespaces(dir, count)
+}
+
+/// The file holding view `index`'s network namespace.
+fn network_file(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("{index}.net"))
+}
+
+/// The user namespace (owned by root, every id mapped to itself) and, owned by it, a
+/// network namespace per view, each kept in its file: made by children that unshare them
+/// and wait on their stdin while we map ids and bind their namespaces to the files.
+fn make_namespaces(dir: &Path, count: usize) -> Result<(), ViewError> {
+    let user_file = dir.join(USER_NAMESPACE);
+    keep_namespace(CloneFlags::CLONE_NEWUSER, None, "user", &user_file)?;
+    let user = nix::fcntl::open(
+        &user_file,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(step(format!("open {}", user_file.display())))?;
+    for index in 0..count {
+        let file = network_file(dir, index);
+        keep_namespace(CloneFlags::CLONE_NEWNET, Some(user.as_fd()), "net", &file)?;
     }
     Ok(())
 }
 
-/// The file holding view `index`'s namespace `kind`.
-fn namespace_file(dir: &Path, index: usize, kind: &str) -> PathBuf {
-    dir.join(format!("{index}.{kind}"))
-}
-
-/// A user namespace (owned by root, every id mapped to itself) and a network namespace in
-/// it, kept in view `index`'s files: made by a child that unshares both and waits on its
-/// stdin while we map its ids and bind its namespaces to the files.
-fn make_namespaces(dir: &Path, index: usize) -> Result<(), ViewError> {
+/// A new namespace `flags` (of kind `kind`, as `/proc/<pid>/ns` names it), made by a child
+/// in `user` (when given), bound to `file`. A new user namespace gets the identity maps.
+fn keep_namespace(
+    flags: CloneFlags,
+    user: Option<BorrowedFd<'_>>,
+    kind: &str,
+    file: &Path,
+) -> Result<(), ViewError> {
     let mut command = std::process::Command::new("/bin/sh");
     command
         .args(["-c", "read _"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null());
-    let flags = NAMESPACES
-        .iter()
-        .fold(CloneFlags::empty(), |all, (_, flag)| all | *flag);
-    let mut child = crate::sandbox::spawn_unshared(&mut command, flags)
-        .map_err(step("start a process in new user and network namespaces"))?;
+    let mut child =
+        crate::sandbox::spawn_unshared(&mut command, user.map(|fd| fd.as_raw_fd()), flags)
+            .map_err(step(format!("start a process in a new {kind} namespace")))?;
     let made = (|| {
         let proc = PathBuf::from(format!("/proc/{}", child.id()));
-        for map in ["uid_map", "gid_map"] {
-            std::fs::write(proc.join(map), IDENTITY_MAP)
-                .map_err(step(format!("write the view's {map}")))?;
+        if flags.contains(CloneFlags::CLONE_NEWUSER) {
+            for map in ["uid_map", "gid_map"] {
+                std::fs::write(proc.join(map), IDENTITY_MAP)
+                    .map_err(step(format!("write the views' {map}")))?;
+            }
         }
-        for (kind, _) in NAMESPACES {
-            let file = namespace_file(dir, index, kind);
-            // One made before (the unit restarted) goes first.
-            let _ = umount2(&file, MntFlags::MNT_DETACH);
-            std::fs::File::create(&file).map_err(step(format!("create {}", file.display())))?;
-            mount(
-                Some(&proc.join("ns").join(kind)),
-                &file,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(step(format!(
-                "keep the view's {kind} namespace in {}",
-                file.display()
-            )))?;
-        }
-        Ok(())
+        // One made before (the unit restarted) goes first.
+        let _ = umount2(file, MntFlags::MNT_DETACH);
+        std::fs::File::create(file).map_err(step(format!("create {}", file.display())))?;
+        mount(
+            Some(&proc.join("ns").join(kind)),
+            file,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(step(format!(
+            "keep a {kind} namespace in {}",
+            file.display()
+        )))
     })();
-    // EOF on its stdin ends it; the namespaces live on in the files.
+    // EOF on its stdin ends it; the namespace lives on in the file.
     drop(child.stdin.take());
     let _ = child.wait();
     made
 }
 
 /// Unmount the views in `dir` (lazily: a job still in one keeps it until it ends) and
-/// remove their directories: what stopping nox-views.service does.
+/// remove them, their namespace files and `dir` itself: what stopping nox-views.service
+/// does.
 pub fn remove_all(dir: &Path) -> Result<usize, ViewError> {
     let mut removed = 0;
     loop {
@@ -239,13 +256,17 @@ pub fn remove_all(dir: &Path) -> Result<usize, ViewError> {
         umount2(&root, MntFlags::MNT_DETACH)
             .map_err(step(format!("unmount {}", root.display())))?;
         std::fs::remove_dir(&root).map_err(step(format!("remove {}", root.display())))?;
-        for (kind, _) in NAMESPACES {
-            let file = namespace_file(dir, removed, kind);
-            let _ = umount2(&file, MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_file(&file);
-        }
+        let file = network_file(dir, removed);
+        let _ = umount2(&file, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&file);
         removed += 1;
     }
+    let user = dir.join(USER_NAMESPACE);
+    let _ = umount2(&user, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(&user);
+    // Nothing is left then: the directory goes too (unless something else is in it).
+    let _ = std::fs::remove_dir(dir.join(EMPTY));
+    let _ = std::fs::remove_dir(dir);
     Ok(removed)
 }
 
@@ -471,9 +492,9 @@ pub struct View {
     /// `O_PATH` directory, numbered above what a child places (see `spawn::raise_fd`):
     /// a job's child `fchdir`s to it and `chroot`s.
     root: OwnedFd,
-    /// Its user and network namespaces, which a job's child enters first (`setns`); `None`
-    /// when they were not made.
-    namespaces: Option<(OwnedFd, OwnedFd)>,
+    /// The views' user namespace and its own network namespace, which a job's child
+    /// enters first (`setns`); `None` when they were not made.
+    namespaces: Option<(Arc<OwnedFd>, OwnedFd)>,
 }
 
 /// What a job's child enters: a view's root and namespaces.
@@ -543,6 +564,7 @@ impl Views {
     /// The finished views `dir/0`, `dir/1`, … (up to the first missing one); `None` when
     /// there is none.
     pub fn open(dir: &Path) -> io::Result<Option<Arc<Views>>> {
+        let user = open_namespace(&dir.join(USER_NAMESPACE))?.map(Arc::new);
         let mut views = Vec::new();
         loop {
             let path = dir.join(views.len().to_string());
@@ -555,7 +577,11 @@ impl Views {
                 Mode::empty(),
             )?;
             let root = crate::sandbox::spawn::raise_fd(root)?;
-            let namespaces = open_namespaces(dir, views.len())?;
+            let net = match &user {
+                Some(_) => open_namespace(&network_file(dir, views.len()))?,
+                None => None,
+            };
+            let namespaces = user.clone().zip(net);
             views.push(View {
                 index: views.len(),
                 path,
@@ -598,6 +624,13 @@ impl Views {
         &self.views
     }
 
+    /// The user namespace every view's network namespace belongs to, when they have them:
+    /// a spare enters it while it waits.
+    pub fn user_namespace(&self) -> Option<BorrowedFd<'_>> {
+        let (user, _) = self.views.first()?.namespaces.as_ref()?;
+        Some(user.as_fd())
+    }
+
     /// The view `workspace`'s job runs in: the one its running jobs hold, else a free one
     /// (the one it held last if free, else the least recently released). `None` when every
     /// view is held by other workspaces.
@@ -637,25 +670,20 @@ impl Views {
     }
 }
 
-/// View `index`'s namespaces, when their files hold namespaces (not the empty files a
-/// failed or removed view leaves).
-fn open_namespaces(dir: &Path, index: usize) -> io::Result<Option<(OwnedFd, OwnedFd)>> {
-    let mut opened = Vec::with_capacity(NAMESPACES.len());
-    for (kind, _) in NAMESPACES {
-        let Ok(fd) = nix::fcntl::open(
-            &namespace_file(dir, index, kind),
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        ) else {
-            return Ok(None);
-        };
-        if nix::sys::statfs::fstatfs(&fd)?.filesystem_type() != NSFS_MAGIC {
-            return Ok(None);
-        }
-        opened.push(crate::sandbox::spawn::raise_fd(fd)?);
+/// The namespace kept in `file`, when it holds one (not an empty file a failed or
+/// removed view left).
+fn open_namespace(file: &Path) -> io::Result<Option<OwnedFd>> {
+    let Ok(fd) = nix::fcntl::open(
+        file,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    ) else {
+        return Ok(None);
+    };
+    if nix::sys::statfs::fstatfs(&fd)?.filesystem_type() != NSFS_MAGIC {
+        return Ok(None);
     }
-    let mut opened = opened.into_iter();
-    Ok(opened.next().zip(opened.next()))
+    Ok(Some(crate::sandbox::spawn::raise_fd(fd)?))
 }
 
 /// One job's hold on its workspace's view; released when dropped (once the job has ended).

@@ -660,9 +660,9 @@ echo "nox-frontend.service ${sf:-?}  nox-executor.service ${se:-?}" > "$LOGS/exp
 # --- 12. uninstall, and the Debian package ---------------------------------------------------------------
 STEP "uninstall.sh, then the .deb"
 ct_t 60 /nox-src/packaging/uninstall.sh >"$LOGS/uninstall.log" 2>&1; rc=$?
-check "uninstall.sh: units gone, sockets closed, /etc/nox and /var/lib/nox kept" bash -c "
+check "uninstall.sh: units gone, sockets closed, views removed, /etc/nox and /var/lib/nox kept" bash -c "
   [ $rc -eq 0 ] || { tail -n 20 '$LOGS/uninstall.log'; exit 1; }
-  nsenter -t $CT_PID -a sh -c '! test -e /run/nox/executor.sock && ! test -e /usr/bin/nox-frontend && test -f /etc/nox/api-token && test -d /var/lib/nox && ! systemctl cat nox-frontend.socket >/dev/null 2>&1' \
+  nsenter -t $CT_PID -a sh -c '! test -e /run/nox/executor.sock && ! test -e /usr/bin/nox-frontend && test -f /etc/nox/api-token && test -d /var/lib/nox && ! test -e /var/lib/nox-views && ! systemctl cat nox-frontend.socket >/dev/null 2>&1' \
   && ! nsenter -t $CT_PID -a ss -Hltn 'sport = :8080' | grep -q ."
 if [ "$deb" -eq 1 ]; then
   if "$SRC/packaging/deb/build.sh" --no-build --bin-dir "$ROOT/opt/nox-bin" --out "$LOGS" >"$LOGS/deb-build.log" 2>&1; then
@@ -677,6 +677,9 @@ if [ "$deb" -eq 1 ]; then
     check "package install answers /run_sh with its own token" jtest \
       "$(ct_t 30 curl -sS -H "Authorization: Bearer $DTOKEN" -H 'Content-Type: application/json' -d '{"cmd":"echo from-deb; id -u"}' http://127.0.0.1:8080/run_sh)" \
       "r['stdout'].split()[0] == 'from-deb' and 2000000000 <= int(r['stdout'].split()[1]) < 2000065536" "r.get('stdout', r)"
+    check "package install: jobs run in views (nox-views.service from the package)" jtest \
+      "$(ct_t 15 curl -sS http://127.0.0.1:8080/health)" \
+      "r['executor']['layers']['views']['active']" "r['executor']['layers']['views']"
     ct_t 60 nox-doctor >"$LOGS/doctor-deb.log" 2>&1; rc=$?
     check "nox-doctor after the package install: no FAIL" bash -c "grep -E '^(FAIL|WARN)|fix:' '$LOGS/doctor-deb.log'; tail -n1 '$LOGS/doctor-deb.log'; [ $rc -eq 0 ]"
     ct_t 120 dpkg --purge nox >"$LOGS/deb-purge.log" 2>&1; rc=$?

@@ -361,6 +361,11 @@ impl Sandbox {
                 sandbox.seccomp.clone(),
                 sandbox.dispositions,
                 running,
+                sandbox
+                    .views
+                    .as_ref()
+                    .and_then(|views| views.user_namespace())
+                    .map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)),
             ) {
                 Ok(spares) => sandbox.spares = Some(spares),
                 Err(error) => tracing::warn!(%error, "no spare processes: jobs fork their own"),
@@ -733,16 +738,24 @@ fn open_views(config: &ExecutorConfig) -> (Option<std::sync::Arc<Views>>, String
 }
 
 /// Start `command` in new namespaces (`flags`, unshared in the child just before its
-/// exec): how the views' namespaces are made (see [`crate::views`]).
+/// exec), first entering the user namespace `user` when given: how the views' namespaces
+/// are made (see [`crate::views`]).
 pub fn spawn_unshared(
     command: &mut std::process::Command,
+    user: Option<std::os::fd::RawFd>,
     flags: nix::sched::CloneFlags,
 ) -> io::Result<std::process::Child> {
-    // SAFETY: the closure runs in the forked child before exec and makes one system call,
-    // unshare, which is async-signal-safe; it allocates nothing and touches no memory
-    // shared with the parent.
+    // SAFETY: the closure runs in the forked child before exec and makes two system calls,
+    // setns and unshare, both async-signal-safe, on a descriptor the parent keeps open
+    // until `spawn` returns; it allocates nothing and touches no memory shared with the
+    // parent.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(command, move || {
+            if let Some(fd) = user
+                && libc::syscall(libc::SYS_setns, fd, libc::CLONE_NEWUSER) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             nix::sched::unshare(flags).map_err(io::Error::from)
         });
     }

@@ -96,6 +96,9 @@ struct SpareStart {
     cpus: Option<libc::cpu_set_t>,
     /// The signals it sets back to default.
     dispositions: Dispositions,
+    /// The views' user namespace, which it enters while it waits (the dear part of
+    /// entering a view: see `crate::views`), or -1.
+    user_namespace: RawFd,
 }
 
 /// Memory a spare runs on or reads: freed only once it has exec'd or exited.
@@ -139,6 +142,7 @@ impl Spare {
             socket: theirs.as_raw_fd(),
             cgroup_procs: cgroup.as_ref().map_or(-1, JobCgroup::procs),
             seccomp: made.seccomp.clone(),
+            user_namespace: made.user_namespace.unwrap_or(-1),
             dispositions: made.dispositions,
             cpus: made.cpus,
         });
@@ -314,11 +318,9 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
     };
     // SAFETY: system calls on this process's own descriptors and on buffers in this frame.
     unsafe {
-        // Nothing of the executor's but the two descriptors it gave us.
-        let keep = [
-            socket.min(start.cgroup_procs),
-            socket.max(start.cgroup_procs),
-        ];
+        // Nothing of the executor's but the descriptors it gave us.
+        let mut keep = [socket, start.cgroup_procs, start.user_namespace];
+        keep.sort_unstable();
         let mut next: libc::c_uint = 0;
         for fd in keep {
             if fd < 0 {
@@ -341,6 +343,15 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
                 report(Step::Cgroup);
             }
             libc::close(start.cgroup_procs);
+        }
+        // The views' user namespace (after the cgroup: that write is the executor's as
+        // root, not a namespace's), so that a job's view costs it only its network
+        // namespace and root.
+        if start.user_namespace >= 0 {
+            if libc::syscall(libc::SYS_setns, start.user_namespace, libc::CLONE_NEWUSER) != 0 {
+                report(Step::View);
+            }
+            libc::close(start.user_namespace);
         }
         // The job filter, now rather than on the job's time (its load, mostly the kernel
         // compiling it, is one of the dearest steps of a start). Past this point the spare
@@ -427,7 +438,12 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
             local.view = fds[5 + landlock];
         }
         if namespaces == 2 {
-            local.view_user = fds[5 + landlock + view];
+            // In the views' user namespace already, if we have one (every view's is it).
+            local.view_user = if start.user_namespace >= 0 {
+                -1
+            } else {
+                fds[5 + landlock + view]
+            };
             local.view_net = fds[6 + landlock + view];
         }
         local.inherit = &fds[5 + landlock + view + namespaces..count];
@@ -522,6 +538,7 @@ impl Spares {
         seccomp: Option<BpfProgram>,
         dispositions: Dispositions,
         running: Arc<AtomicU32>,
+        user_namespace: Option<RawFd>,
     ) -> io::Result<Spares> {
         let shared = Arc::new(Shared::default());
         let thread_shared = Arc::clone(&shared);
@@ -531,6 +548,7 @@ impl Spares {
             seccomp: seccomp.map(Arc::new),
             dispositions,
             cpus: own_cpus(),
+            user_namespace,
         };
         std::thread::Builder::new()
             .name("nox-spares".into())
@@ -591,6 +609,8 @@ struct Made {
     dispositions: Dispositions,
     /// The executor's CPUs, which a spare takes back once handed a job.
     cpus: Option<libc::cpu_set_t>,
+    /// The views' user namespace (see [`SpareStart`]); the executor keeps it open.
+    user_namespace: Option<RawFd>,
 }
 
 /// `running`: the executor's count of running jobs.

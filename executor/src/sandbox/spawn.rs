@@ -534,7 +534,8 @@ pub(super) struct RawPlan<'a> {
     pub(super) landlock: RawFd,
     /// The view's root, or -1.
     pub(super) view: RawFd,
-    /// The view's user and network namespaces, or -1 (both or neither).
+    /// The views' user namespace and the view's network namespace, or -1 (both or
+    /// neither, but a spare has entered the user namespace already).
     pub(super) view_user: RawFd,
     pub(super) view_net: RawFd,
     /// `None` when the child has it already (a spare loads it while it waits).
@@ -763,9 +764,14 @@ pub(super) unsafe fn enter_job(plan: &RawPlan<'_>) -> ! {
         // the job names resolves in it from here on, and `..` stops at it (the working
         // directory below is opened through it). A chrooted process may not enter a user
         // namespace: the namespaces come first.
+        // (A spare entered the user namespace while it waited: -1 here.)
         if plan.view_user >= 0
-            && (libc::syscall(libc::SYS_setns, plan.view_user, libc::CLONE_NEWUSER) != 0
-                || libc::syscall(libc::SYS_setns, plan.view_net, libc::CLONE_NEWNET) != 0)
+            && libc::syscall(libc::SYS_setns, plan.view_user, libc::CLONE_NEWUSER) != 0
+        {
+            fail(Step::View);
+        }
+        if plan.view_net >= 0
+            && libc::syscall(libc::SYS_setns, plan.view_net, libc::CLONE_NEWNET) != 0
         {
             fail(Step::View);
         }

@@ -18,17 +18,22 @@ fn alpha_then_beta(nox: &Nox, first: &str, second: &str) -> (Value, Value) {
     common::while_alpha_runs(nox, "/run_py", &body, second)
 }
 
-/// As [`alpha_then_beta`], and alpha's own `second` at the same time as beta's: the
-/// control, a job of the same workspace, which must see what beta must not (so the probe
-/// could have).
-fn alpha_then_beta_and_alpha(nox: &Nox, first: &str, second: &str) -> (Value, Value, Value) {
+/// Alpha's request (`endpoint`, `body`), and 800 ms into it beta's Python `second` and
+/// alpha's own at the same time: the control, a job of the same workspace, which must see
+/// what beta must not (so the probe could have).
+fn alpha_then_beta_and_alpha(
+    nox: &Nox,
+    endpoint: &str,
+    body: &Value,
+    second: &str,
+) -> (Value, Value, Value) {
     let alpha_again = nox.client_for("alpha");
     std::thread::scope(|scope| {
         let own = scope.spawn(|| {
             std::thread::sleep(Duration::from_millis(800));
             alpha_again.run("/run_py", &json!({ "code": second, "timeout_s": 10 }))
         });
-        let (alpha, beta) = alpha_then_beta(nox, first, second);
+        let (alpha, beta) = common::while_alpha_runs(nox, endpoint, body, second);
         (alpha, beta, own.join().expect("alpha's second job"))
     })
 }
@@ -289,7 +294,8 @@ fn an_flock_on_a_shared_system_file_is_not_visible_to_another_tenants_job() {
     let second = format!(
         "import fcntl\nfor path in {SHARED_FILES}:\n    f = open(path, 'rb')\n    try:\n        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n        print('free', path)\n    except OSError as e:\n        print('SEES THE LOCK', path, e.errno)\n"
     );
-    let (alpha, beta, control) = alpha_then_beta_and_alpha(nox, &first, &second);
+    let body = json!({ "code": first, "timeout_s": 10 });
+    let (alpha, beta, control) = alpha_then_beta_and_alpha(nox, "/run_py", &body, &second);
     assert_eq!(stdout(&alpha), "locked 5\n", "{alpha}");
     let seen: Vec<&str> = stdout(&beta)
         .lines()
@@ -445,14 +451,17 @@ fn another_tenants_unix_sockets_are_not_listed_in_proc_net_unix() {
     let nox = tenants();
     let name = unique("nox-listed");
     // Landlock's scope keeps beta from connecting; the kernel's list of the namespace's
-    // Unix sockets would still show the name, and binding or not would be a bit.
+    // Unix sockets would still show the name, and binding or not would be a bit. Alpha's
+    // listener is a shell job (the spare or fork path), the others Python jobs (the
+    // zygote's): the control sees it only if both paths enter the same view.
     let first = format!(
-        "import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind('\\0{name}')\nprint('bound')\ntime.sleep(2.5)\n"
+        "python3 -c \"import socket, time; s = socket.socket(socket.AF_UNIX); s.bind('\\0{name}'); print('bound'); time.sleep(2.5)\""
     );
     let second = format!(
         "try:\n    listed = open('/proc/self/net/unix').read()\n    print('SEES IT' if '{name}' in listed else 'not listed')\nexcept OSError as e:\n    print('errno', e.errno)\n"
     );
-    let (alpha, beta, control) = alpha_then_beta_and_alpha(nox, &first, &second);
+    let shell = json!({ "cmd": first, "timeout_s": 10 });
+    let (alpha, beta, control) = alpha_then_beta_and_alpha(nox, "/run_sh", &shell, &second);
     assert_eq!(stdout(&alpha), "bound\n", "{alpha}");
     assert_eq!(
         stdout(&beta),
