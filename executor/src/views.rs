@@ -707,12 +707,6 @@ impl Drop for ViewLease {
     }
 }
 
-impl AsRawFd for View {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.root.as_raw_fd()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,9 +294,8 @@ pub struct Sandbox {
     default_processes: u64,
     /// The signals a child sets back to default (see [`spawn::Dispositions`]).
     dispositions: spawn::Dispositions,
-    /// The workspaces' views, when there are any (see [`crate::views`]), or why not.
-    views: Option<std::sync::Arc<Views>>,
-    views_missing: String,
+    /// The workspaces' views (see [`crate::views`]), or why there are none.
+    views: Result<std::sync::Arc<Views>, String>,
 }
 
 impl Sandbox {
@@ -310,8 +309,8 @@ impl Sandbox {
         running: Arc<AtomicU32>,
     ) -> Result<Sandbox, SandboxError> {
         let mut landlock = LandlockPolicy::probe(&config.extra_read_paths);
-        let (views, views_missing) = open_views(config);
-        if let (Some(policy), Some(views)) = (landlock.as_mut(), &views) {
+        let views = open_views(config);
+        if let (Some(policy), Ok(views)) = (landlock.as_mut(), &views) {
             policy.add_views(views);
         }
         let (seccomp, seccomp_error) = match seccomp::job_filter() {
@@ -349,7 +348,6 @@ impl Sandbox {
             default_processes: config.limits.processes,
             dispositions: spawn::Dispositions::of_this_process(),
             views,
-            views_missing,
         };
         let probe_failure = sandbox.probe(config, probe_dir).err();
         sandbox.layers = sandbox.assess_layers(probe_failure.as_deref());
@@ -364,6 +362,7 @@ impl Sandbox {
                 sandbox
                     .views
                     .as_ref()
+                    .ok()
                     .and_then(|views| views.user_namespace())
                     .map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)),
             ) {
@@ -387,12 +386,12 @@ impl Sandbox {
         };
         // Through a view when there are views: it proves jobs can enter them.
         let lease = match &self.views {
-            Some(views) => Some(
+            Ok(views) => Some(
                 views
                     .lease("")
                     .ok_or_else(|| "no view is free for the probe job".to_owned())?,
             ),
-            None => None,
+            Err(_) => None,
         };
         let started = self
             .spawn(&command, &[dir], None, lease.as_ref().map(ViewLease::view))
@@ -466,7 +465,7 @@ impl Sandbox {
                     },
                     Layer::CleanEnvironment => (probe_ok, "allowlisted variables only".into()),
                     Layer::Views => match &self.views {
-                        Some(views) => (
+                        Ok(views) => (
                             probe_ok,
                             format!(
                                 "a root of its own per running workspace: {} views in {}, {}",
@@ -480,7 +479,7 @@ impl Sandbox {
                                 }
                             ),
                         ),
-                        None => (false, self.views_missing.clone()),
+                        Err(reason) => (false, reason.clone()),
                     },
                     Layer::NetworkIsolation => (
                         self.network_isolated,
@@ -652,8 +651,8 @@ impl Sandbox {
     /// only a straggling hold makes that happen).
     pub fn lease_view(&self, workspace: &str) -> Result<Option<ViewLease>, SandboxError> {
         match &self.views {
-            Some(views) => views.lease(workspace).map(Some).ok_or(SandboxError::NoView),
-            None => Ok(None),
+            Ok(views) => views.lease(workspace).map(Some).ok_or(SandboxError::NoView),
+            Err(_) => Ok(None),
         }
     }
 
@@ -694,14 +693,11 @@ impl Sandbox {
 }
 
 /// The views in `config.views_dir` when jobs can use them, else why not.
-fn open_views(config: &ExecutorConfig) -> (Option<std::sync::Arc<Views>>, String) {
+fn open_views(config: &ExecutorConfig) -> Result<std::sync::Arc<Views>, String> {
     let dir = &config.views_dir;
     // Only root enters them (chroot, and the user namespaces root owns).
     if !nix::unistd::geteuid().is_root() {
-        return (
-            None,
-            "the executor is not root: jobs run in its own root".to_owned(),
-        );
+        return Err("the executor is not root: jobs run in its own root".to_owned());
     }
     match Views::open(dir) {
         Ok(Some(views)) => {
@@ -710,7 +706,7 @@ fn open_views(config: &ExecutorConfig) -> (Option<std::sync::Arc<Views>>, String
             let holds =
                 |view: &View| crate::views::inside(view.path(), &config.workspace_root).is_dir();
             if views.all().iter().all(holds) {
-                (Some(views), String::new())
+                Ok(views)
             } else {
                 let reason = format!(
                     "the views in {} do not hold the workspace root {}",
@@ -718,22 +714,19 @@ fn open_views(config: &ExecutorConfig) -> (Option<std::sync::Arc<Views>>, String
                     config.workspace_root.display()
                 );
                 tracing::warn!(reason, "jobs run without views");
-                (None, reason)
+                Err(reason)
             }
         }
-        Ok(None) => (
-            None,
-            format!(
-                "no views in {}: jobs share the system files' inodes (locks on them are a \
+        Ok(None) => Err(format!(
+            "no views in {}: jobs share the system files' inodes (locks on them are a \
                  covert channel); under systemd nox-views.service makes them, outside it \
                  the executor as root in its own namespaces",
-                dir.display()
-            ),
-        ),
-        Err(error) => (
-            None,
-            format!("could not open the views in {}: {error}", dir.display()),
-        ),
+            dir.display()
+        )),
+        Err(error) => Err(format!(
+            "could not open the views in {}: {error}",
+            dir.display()
+        )),
     }
 }
 

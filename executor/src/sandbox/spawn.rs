@@ -327,6 +327,7 @@ pub fn spawn(
         .direct
         .as_ref()
         .map(|direct| null_terminated(&direct.envp));
+    let namespaces = plan.view.and_then(|view| view.namespaces);
     let raw = RawPlan {
         program: plan.program.as_ptr(),
         argv: argv_ptrs.as_ptr(),
@@ -342,14 +343,8 @@ pub fn spawn(
         keep_capabilities: plan.keep_capabilities,
         landlock: plan.landlock.as_ref().map_or(-1, AsRawFd::as_raw_fd),
         view: plan.view.map_or(-1, |view| view.root.as_raw_fd()),
-        view_user: plan
-            .view
-            .and_then(|view| view.namespaces)
-            .map_or(-1, |(user, _)| user.as_raw_fd()),
-        view_net: plan
-            .view
-            .and_then(|view| view.namespaces)
-            .map_or(-1, |(_, net)| net.as_raw_fd()),
+        view_user: namespaces.map_or(-1, |(user, _)| user.as_raw_fd()),
+        view_net: namespaces.map_or(-1, |(_, net)| net.as_raw_fd()),
         seccomp: plan.seccomp.map(fprog),
         error_fd: error_write.as_raw_fd(),
         dispositions: plan.dispositions,

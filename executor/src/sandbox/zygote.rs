@@ -206,10 +206,10 @@ impl Zygote {
             // To give each job its workspace's uid, and to kill job groups of those uids;
             // with views, to put each job in its workspace's.
             keep_capabilities: match (sandbox.identity.switch_to, &sandbox.views) {
-                (Some(_), Some(_)) => {
+                (Some(_), Ok(_)) => {
                     1 << CAP_SETUID | 1 << CAP_SETGID | 1 << CAP_KILL | 1 << CAP_SYS_CHROOT
                 }
-                (Some(_), None) => 1 << CAP_SETUID | 1 << CAP_SETGID | 1 << CAP_KILL,
+                (Some(_), Err(_)) => 1 << CAP_SETUID | 1 << CAP_SETGID | 1 << CAP_KILL,
                 (None, _) => 0,
             },
             landlock: None,
@@ -305,13 +305,15 @@ impl Zygote {
             .iter()
             .map(|(key, value)| (key.clone(), json!(value)))
             .collect();
+        // What the child enters: the view's root and, when it has them, its namespaces.
+        let entered = view.map(crate::views::View::fds);
         // The details go in a memfd that only the job's process reads: the zygote never
         // holds them, so no later fork can find them in its memory.
         let extra: Vec<&str> = [
             landlock.as_ref().map(|_| "landlock"),
             view.map(|_| "view"),
-            view.filter(|view| view.has_namespaces()).map(|_| "userns"),
-            view.filter(|view| view.has_namespaces()).map(|_| "netns"),
+            entered.and_then(|fds| fds.namespaces).map(|_| "userns"),
+            entered.and_then(|fds| fds.namespaces).map(|_| "netns"),
             cgroup.as_ref().map(|_| "cgroup"),
         ]
         .into_iter()
@@ -339,8 +341,7 @@ impl Zygote {
         if let Some(ruleset) = &landlock {
             fds.push(ruleset.as_raw_fd());
         }
-        if let Some(view) = view {
-            let entered = view.fds();
+        if let Some(entered) = entered {
             fds.push(entered.root.as_raw_fd());
             if let Some((user, net)) = entered.namespaces {
                 fds.extend([user.as_raw_fd(), net.as_raw_fd()]);
