@@ -280,6 +280,16 @@ fn build_one(root: &Path, empty: &Path, contents: Contents<'_>) -> Result<(), Vi
         Some("mode=0755,size=64k"),
     )
     .map_err(step(format!("mount a tmpfs on {}", root.display())))?;
+    // Under a shared parent (the host's `/`) the tmpfs is shared too: mounts made in it
+    // would reach the host's other copies of it. Private (see `bind`).
+    mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(step(format!("make {} private", root.display())))?;
     let mut covered = place_system(root, |source| overlay(root, source, empty))?;
     let sys = Path::new("/sys");
     if overlay(root, sys, empty).is_err() {
@@ -455,6 +465,18 @@ pub fn bind(root: &Path, source: &Path, read_only: bool, mounts: bool) -> Result
     }
     mount(Some(source), &target, None::<&str>, flags, None::<&str>)
         .map_err(step(format!("bind {} into the view", described())))?;
+    // A bind of a shared mount (the host's `/` under systemd) joins its peer group, and a
+    // bind made beneath it later (the workspace root under the state directory) would
+    // propagate back onto the host's own tree: `/var/lib/nox/workspaces` mounted on
+    // itself, which `rm -rf /var/lib/nox` then cannot remove (EBUSY, met in the boot
+    // test's purge). Private, nothing made in a view leaves it.
+    let private = if mounts {
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC
+    } else {
+        MsFlags::MS_PRIVATE
+    };
+    mount(None::<&str>, &target, None::<&str>, private, None::<&str>)
+        .map_err(step(format!("make {} private in the view", described())))?;
     if read_only {
         // A bind mount takes new flags only on a remount.
         mount(

@@ -611,8 +611,8 @@ EXEC_NET=$(ct sh -c 'readlink /proc/$(systemctl show -P MainPID nox-executor.ser
 check "a job runs in its view's own network namespace, not the executor's ($EXEC_NET)" jtest \
   "$(run_sh 'readlink /proc/self/ns/net')" \
   "r['stdout'].strip().startswith('net:[') and r['stdout'].strip() != '$EXEC_NET' and '$EXEC_NET'.startswith('net:[')" "r.get('stdout', r)"
-check "nox-views.service: active, views in /var/lib/nox-views" bash -c "
-  nsenter -t $CT_PID -a sh -c 'systemctl is-active nox-views.service && ls /var/lib/nox-views && test -e /var/lib/nox-views/0/.nox-view'"
+check "nox-views.service: active, views in /var/lib/nox-views, no view's mount propagated onto the host's tree" bash -c "
+  nsenter -t $CT_PID -a sh -c 'systemctl is-active nox-views.service && ls /var/lib/nox-views && test -e /var/lib/nox-views/0/.nox-view && ! mountpoint /var/lib/nox/workspaces && ! mountpoint /var/lib/nox'"
 check "a job has no network (connect to 1.1.1.1:53 fails)" jtest "$(run_py "import socket; socket.create_connection(('1.1.1.1', 53), 1)")" \
   "r['returncode'] != 0" "f\"returncode {r['returncode']}: {r['stderr'].strip().splitlines()[-1:]}\""
 check "/health: network_isolation active, every layer active" jtest "$(ct_t 15 curl -sS http://127.0.0.1:8080/health)" \
