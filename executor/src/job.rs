@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ExecutorConfig, PythonMode};
 use crate::sandbox::reaper::ExitReport;
-use crate::sandbox::spawn::{JobCommand, SpawnedJob};
+use crate::sandbox::spawn::{self, JobCommand, SpawnedJob};
 use crate::sandbox::zygote::WarmPython;
 use crate::sandbox::{JobIdentity, Sandbox, SandboxError};
 use crate::scratch::Scratches;
@@ -82,6 +82,10 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// or with its first output, whichever comes first.
 const STARTED_HOLD: Duration = Duration::from_millis(2);
 const READ_BUFFER: usize = 64 * 1024;
+
+/// Reads of each output pipe at once after the job's exit, before what is left (written
+/// by a process the job left behind, until it is killed) is read as it comes.
+const READS_AT_EXIT: usize = 16;
 
 /// Why a job could not run. User code failing is not here: that is an outcome.
 #[derive(Debug, Error)]
@@ -443,15 +447,6 @@ impl JobRunner {
                 }
             });
         }
-        let stdout = pipe::Receiver::from_owned_fd(spawned.stdout);
-        let stderr = pipe::Receiver::from_owned_fd(spawned.stderr);
-        let (Ok(mut stdout), Ok(mut stderr)) = (stdout, stderr) else {
-            self.sandbox.kill(pid, zygote.as_ref());
-            return Err(JobError::Sandbox(SandboxError::Pipe(
-                std::io::Error::other("could not register the job's output pipes"),
-            )));
-        };
-
         let mut watch = Watch::new(limits.max_output_bytes);
         let mut held = Some(Reply::Started(JobStarted {
             job_id: spec.job_id.clone(),
@@ -460,29 +455,79 @@ impl JobRunner {
         }));
         let hold = tokio::time::sleep(STARTED_HOLD);
         tokio::pin!(hold);
-
-        let mut exit = spawned.exit;
-        let mut report: Option<Result<ExitReport, ()>> = None;
-        let (mut stdout_open, mut stderr_open) = (true, true);
-        // Not zeroed: `read_buf` fills the spare capacity (most jobs print little, and
-        // zeroing 128 KiB per job showed in profiles).
-        let mut out_buffer = bytes::BytesMut::with_capacity(READ_BUFFER);
-        let mut err_buffer = bytes::BytesMut::with_capacity(READ_BUFFER);
-        let drain = tokio::time::sleep(Duration::MAX.min(Duration::from_secs(86_400 * 365)));
-        tokio::pin!(drain);
         let timeout = tokio::time::sleep_until(deadline);
         tokio::pin!(timeout);
+        let mut exit = spawned.exit;
+        let mut report: Option<Result<ExitReport, ()>> = None;
+        // Not zeroed: reads fill the spare capacity (most jobs print little, and zeroing
+        // 128 KiB per job showed in profiles).
+        let mut out_buffer = bytes::BytesMut::with_capacity(READ_BUFFER);
+        let mut err_buffer = bytes::BytesMut::with_capacity(READ_BUFFER);
+
+        // Most jobs end while their `Started` is held. Until then the output pipes are not
+        // watched: what the job wrote waits in them (it blocks only past a pipe's 64 KiB),
+        // and its exit closing each of them does not wake the runtime — once for each
+        // pipe, then for the exit itself, each time taking the CPU the job is exiting on.
+        // After its exit they are read at once, without the runtime, to EOF (a job that
+        // outlives the hold is watched as before).
+        tokio::select! {
+            result = &mut exit => report = Some(result.map_err(|_| ())),
+            () = &mut hold => {}
+            () = &mut timeout => {}
+            () = cancel.cancelled() => {}
+        }
+        let (mut stdout, mut stderr) = (Some(spawned.stdout), Some(spawned.stderr));
+        if report.is_some() {
+            for (stream, pipe, buffer) in [
+                (Stream::Stdout, &mut stdout, &mut out_buffer),
+                (Stream::Stderr, &mut stderr, &mut err_buffer),
+            ] {
+                for _ in 0..READS_AT_EXIT {
+                    let Some(fd) = pipe.as_ref() else { break };
+                    match spawn::read_ready(fd, buffer) {
+                        Ok(0) => *pipe = None,
+                        Ok(n) => {
+                            if relay(&mut watch, &mut held, replies, stream, &buffer[..n]).await {
+                                self.sandbox.kill(pid, zygote.as_ref());
+                            }
+                            buffer.clear();
+                        }
+                        // Held open by a process the job left behind: read as it comes.
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => *pipe = None,
+                    }
+                }
+            }
+        }
+        // The rest is read as it comes, through the runtime.
+        let watched = |fd: Option<std::os::fd::OwnedFd>| {
+            fd.map(pipe::Receiver::from_owned_fd_unchecked).transpose()
+        };
+        let (Ok(mut stdout), Ok(mut stderr)) = (watched(stdout), watched(stderr)) else {
+            self.sandbox.kill(pid, zygote.as_ref());
+            return Err(JobError::Sandbox(SandboxError::Pipe(
+                std::io::Error::other("could not register the job's output pipes"),
+            )));
+        };
+        let (mut stdout_open, mut stderr_open) = (stdout.is_some(), stderr.is_some());
+        let drain = tokio::time::sleep(Duration::MAX.min(Duration::from_secs(86_400 * 365)));
+        tokio::pin!(drain);
+        if report.is_some() {
+            drain
+                .as_mut()
+                .reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+        }
         let over_quota = over_quota(Arc::clone(&self.workspaces), spec.workspace.clone());
         tokio::pin!(over_quota);
 
         while report.is_none() || stdout_open || stderr_open {
             let mut chunk: Option<(Stream, usize)> = None;
             tokio::select! {
-                read = stdout.read_buf(&mut out_buffer), if stdout_open => match read {
+                read = read_some(stdout.as_mut(), &mut out_buffer), if stdout_open => match read {
                     Ok(0) | Err(_) => stdout_open = false,
                     Ok(n) => chunk = Some((Stream::Stdout, n)),
                 },
-                read = stderr.read_buf(&mut err_buffer), if stderr_open => match read {
+                read = read_some(stderr.as_mut(), &mut err_buffer), if stderr_open => match read {
                     Ok(0) | Err(_) => stderr_open = false,
                     Ok(n) => chunk = Some((Stream::Stderr, n)),
                 },
@@ -512,29 +557,14 @@ impl JobRunner {
             }
             if let Some((stream, n)) = chunk {
                 let buffer = match stream {
-                    Stream::Stdout => &out_buffer[..n],
-                    Stream::Stderr => &err_buffer[..n],
+                    Stream::Stdout => &mut out_buffer,
+                    Stream::Stderr => &mut err_buffer,
                 };
-                let (keep, over_cap) = watch.account(stream, n);
-                if keep > 0 && !watch.cancelled {
-                    let reply = Reply::Output(OutputChunk {
-                        stream,
-                        data: buffer[..keep].to_vec(),
-                    });
-                    if !send_held(&mut held, replies).await || replies.send(reply).await.is_err() {
-                        watch.cancelled = true;
-                        self.sandbox.kill(pid, zygote.as_ref());
-                    }
-                }
-                if over_cap && !watch.output_hit {
-                    watch.output_hit = true;
+                if relay(&mut watch, &mut held, replies, stream, &buffer[..n]).await {
                     self.sandbox.kill(pid, zygote.as_ref());
                 }
                 // Empty again, with all its capacity: a full buffer would read as EOF.
-                match stream {
-                    Stream::Stdout => out_buffer.clear(),
-                    Stream::Stderr => err_buffer.clear(),
-                }
+                buffer.clear();
             }
         }
 
@@ -570,6 +600,46 @@ impl JobRunner {
             "job finished"
         );
         Ok(())
+    }
+}
+
+/// Forward `data`, read from the job's `stream`, as far as the output cap allows. True if
+/// the job is to be killed now: the client is gone, or the cap was just reached.
+async fn relay(
+    watch: &mut Watch,
+    held: &mut Option<Reply>,
+    replies: &mpsc::Sender<Reply>,
+    stream: Stream,
+    data: &[u8],
+) -> bool {
+    let (keep, over_cap) = watch.account(stream, data.len());
+    let mut kill = false;
+    if keep > 0 && !watch.cancelled {
+        let reply = Reply::Output(OutputChunk {
+            stream,
+            data: data[..keep].to_vec(),
+        });
+        if !send_held(held, replies).await || replies.send(reply).await.is_err() {
+            watch.cancelled = true;
+            kill = true;
+        }
+    }
+    if over_cap && !watch.output_hit {
+        watch.output_hit = true;
+        kill = true;
+    }
+    kill
+}
+
+/// Read what `pipe` has into `buffer`'s spare capacity (a `select!` branch is only polled
+/// while its pipe is open, so `None` never is).
+async fn read_some(
+    pipe: Option<&mut pipe::Receiver>,
+    buffer: &mut bytes::BytesMut,
+) -> std::io::Result<usize> {
+    match pipe {
+        Some(pipe) => pipe.read_buf(buffer).await,
+        None => Ok(0),
     }
 }
 

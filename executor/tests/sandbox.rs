@@ -352,6 +352,32 @@ async fn background_processes_die_with_the_job() {
 }
 
 #[tokio::test]
+async fn output_of_a_job_that_ends_at_once_arrives_whole_on_both_streams() {
+    // Written by shell builtins, so the job ends before its output pipes are watched:
+    // they are read after its exit.
+    let ran = shell("printf '%50000s' out; printf '%40000s' err >&2").await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(0), "{}", ran.stderr);
+    assert_eq!(ran.stdout.len(), 50_000);
+    assert!(ran.stdout.ends_with(" out"));
+    assert_eq!(ran.stderr.len(), 40_000);
+    assert!(ran.stderr.ends_with(" err"));
+    assert_eq!(ran.outcome.stdout_bytes, 50_000);
+    assert_eq!(ran.outcome.stderr_bytes, 40_000);
+}
+
+#[tokio::test]
+async fn output_of_a_job_that_runs_on_arrives_whole_on_both_streams() {
+    // Output from before and after the moment its pipes are watched.
+    let ran =
+        shell("printf '%30000s' a; printf '%20000s' e >&2; sleep 0.02; printf '%30000s' b").await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(0), "{}", ran.stderr);
+    assert_eq!(ran.stdout.len(), 60_000);
+    assert!(ran.stdout.ends_with(" b"));
+    assert_eq!(ran.stdout.matches(" a").count(), 1);
+    assert_eq!(ran.stderr.len(), 20_000);
+}
+
+#[tokio::test]
 async fn output_past_the_cap_is_truncated_flagged_and_stops_the_job() {
     let ran = shell("yes nox").await;
     assert!(ran.outcome.stdout_truncated);

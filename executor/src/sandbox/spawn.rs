@@ -220,6 +220,36 @@ pub fn pipe_high() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((raise_fd(read)?, raise_fd(write)?))
 }
 
+/// A pipe for a job's stdout or stderr: the read end, the executor's, is non-blocking (read
+/// at once after the job's exit, or through the runtime); the write end is the job's.
+pub fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = pipe_high()?;
+    nix::fcntl::fcntl(
+        &read,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((read, write))
+}
+
+/// Read what the non-blocking `fd` holds into `buffer`'s spare capacity, without waiting:
+/// the count read (0 at EOF), or `WouldBlock` when nothing is there yet.
+pub fn read_ready(fd: &OwnedFd, buffer: &mut bytes::BytesMut) -> io::Result<usize> {
+    use bytes::BufMut;
+    if buffer.capacity() == buffer.len() {
+        buffer.reserve(1);
+    }
+    let spare = buffer.chunk_mut();
+    // SAFETY: read(2) writes at most `spare.len()` bytes into the buffer's spare capacity,
+    // which is allocated and ours for as long as `buffer` is borrowed.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    let Ok(n) = usize::try_from(n) else {
+        return Err(io::Error::last_os_error());
+    };
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buffer.advance_mut(n) };
+    Ok(n)
+}
+
 /// Most descriptors a job may inherit besides stdio.
 pub const MAX_INHERITED: usize = 8;
 /// Every descriptor handed to the child is numbered at least this: above 3 + MAX_INHERITED,
@@ -299,8 +329,8 @@ pub fn spawn(
 ) -> Result<SpawnedJob, SandboxError> {
     let (error_read, error_write) = pipe_high().map_err(SandboxError::Pipe)?;
     let (stdin_read, stdin_write) = pipe_high().map_err(SandboxError::Pipe)?;
-    let (stdout_read, stdout_write) = pipe_high().map_err(SandboxError::Pipe)?;
-    let (stderr_read, stderr_write) = pipe_high().map_err(SandboxError::Pipe)?;
+    let (stdout_read, stdout_write) = output_pipe().map_err(SandboxError::Pipe)?;
+    let (stderr_read, stderr_write) = output_pipe().map_err(SandboxError::Pipe)?;
     if plan.inherit.len() > MAX_INHERITED {
         return Err(SandboxError::Pipe(io::Error::other(
             "too many inherited descriptors",
