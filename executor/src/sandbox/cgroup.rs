@@ -356,8 +356,11 @@ fn keep(pool: &Mutex<Vec<Made>>, made: Made) -> Option<Made> {
 
 /// Whether the cgroup at `path` has no process (false if that cannot be read).
 fn is_empty(path: &Path) -> bool {
-    std::fs::read_to_string(path.join("cgroup.procs"))
-        .is_ok_and(|members| members.trim().is_empty())
+    // One read: an empty list reads as EOF at once (no size probe, no read to find EOF).
+    let mut first = [0u8; 16];
+    std::fs::File::open(path.join("cgroup.procs"))
+        .and_then(|mut procs| std::io::Read::read(&mut procs, &mut first))
+        .is_ok_and(|n| first[..n].trim_ascii().is_empty())
 }
 
 /// Kill whatever is left in the job cgroup at `path` until nothing is; false when that did

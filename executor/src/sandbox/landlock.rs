@@ -130,6 +130,30 @@ impl LandlockPolicy {
                 })?,
             None => &self.fixed,
         };
+        // Found by the directories' identity, read without opening them: `stat` follows
+        // the path as the `open` below does. Only a ruleset to be built opens them.
+        let seen = writable
+            .iter()
+            .map(|path| {
+                nix::sys::stat::stat(*path)
+                    .map(|stat| (stat.st_dev, stat.st_ino))
+                    .map_err(|errno| SandboxError::OpenDirectory {
+                        path: path.to_path_buf(),
+                        source: io::Error::from(errno),
+                    })
+            })
+            .collect::<Result<Writable, _>>()?;
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = kept
+            .iter()
+            .position(|(key, _)| key.0 == view && key.1 == seen)
+            && let Some(entry) = kept.remove(at)
+        {
+            let ruleset = Arc::clone(&entry.1);
+            kept.push_front(entry);
+            return Ok(ruleset);
+        }
+        drop(kept);
         let opened = writable
             .iter()
             .map(|path| {
@@ -139,6 +163,7 @@ impl LandlockPolicy {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Kept under what was opened: the rules are about those directories.
         let key: Key = (
             view,
             opened
@@ -146,15 +171,6 @@ impl LandlockPolicy {
                 .map(|(_, stat)| (stat.st_dev, stat.st_ino))
                 .collect(),
         );
-        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = kept.iter().position(|(seen, _)| *seen == key)
-            && let Some(entry) = kept.remove(at)
-        {
-            let ruleset = Arc::clone(&entry.1);
-            kept.push_front(entry);
-            return Ok(ruleset);
-        }
-        drop(kept);
         let ruleset = Arc::new(
             super::spawn::raise_fd(self.build(fixed, &opened)?).map_err(SandboxError::Pipe)?,
         );

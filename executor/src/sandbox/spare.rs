@@ -101,11 +101,33 @@ struct SpareStart {
     user_namespace: RawFd,
 }
 
-/// Memory a spare runs on or reads: freed only once it has exec'd or exited.
+/// Memory a spare runs on or reads: freed only once it has exec'd or exited (its stack
+/// then goes to [`STACKS`]).
 #[derive(Debug)]
 pub struct SpareMemory {
-    _stack: Box<[u8]>,
+    stack: Box<[u8]>,
     _start: Box<SpareStart>,
+}
+
+/// Stacks of spares that have exec'd or exited, for the next spares. A new stack is fresh
+/// pages, each faulted in by the spare that first writes it, and freeing one unmaps it
+/// from every thread of the executor: kept, neither happens per job.
+static STACKS: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+/// Stacks kept in [`STACKS`]: one spare waits at a time, and a few more run until their
+/// job's exec.
+const KEPT_STACKS: usize = 4;
+
+impl Drop for SpareMemory {
+    fn drop(&mut self) {
+        // Dropped only once the spare runs on it no more (see `Spare::drop` and
+        // `spawn::spawn`, which forget it otherwise).
+        let stack = std::mem::take(&mut self.stack);
+        let mut kept = STACKS.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < KEPT_STACKS {
+            kept.push(stack);
+        }
+    }
 }
 
 /// A process waiting for a job, in its cgroup already.
@@ -146,8 +168,9 @@ impl Spare {
             dispositions: made.dispositions,
             cpus: made.cpus,
         });
-        // Zeroed by the allocator (fresh pages), not by a memset.
-        let mut stack = vec![0u8; CHILD_STACK].into_boxed_slice();
+        // A kept stack, or a new one zeroed by the allocator (fresh pages), not by a memset.
+        let kept = STACKS.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let mut stack = kept.unwrap_or_else(|| vec![0u8; CHILD_STACK].into_boxed_slice());
         let ticket = reaper.begin_spawn();
         let pid = clone_spare(&start, &mut stack);
         if pid < 0 {
@@ -161,7 +184,7 @@ impl Spare {
             exit: Some(exit),
             cgroup,
             memory: Some(SpareMemory {
-                _stack: stack,
+                stack,
                 _start: start,
             }),
         })
