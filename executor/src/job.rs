@@ -76,10 +76,10 @@ const SHELL_BOOTSTRAP: &str = r#"eval "unset NOX_COMMAND; $NOX_COMMAND""#;
 /// by then, so EOF normally comes at once).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// How long a job's `Started` may wait to go out with what follows it: its first output or
-/// its `Finished`, in one write and one wake-up of the frontend instead of two. A job that
-/// ends at once (most) sends both together; one that runs on sends `Started` after this,
-/// or with its first output, whichever comes first.
+/// How long a job's `Started` may wait to go out with what follows it: its output and its
+/// `Finished`, in one write and one wake-up of the frontend instead of two. A job that ends
+/// at once (most) sends them together; one that runs on sends `Started`, and what it printed
+/// so far, after this (its pipes are read only from then on, or from its exit).
 const STARTED_HOLD: Duration = Duration::from_millis(2);
 const READ_BUFFER: usize = 64 * 1024;
 
