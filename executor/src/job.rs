@@ -476,6 +476,23 @@ impl JobRunner {
             () = &mut timeout => {}
             () = cancel.cancelled() => {}
         }
+        // Ours to read without waiting, here or through the runtime (one call each, where
+        // tokio's checked constructor makes three).
+        let nonblocking = |fd: &std::os::fd::OwnedFd| {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+        };
+        if nonblocking(&spawned.stdout)
+            .and(nonblocking(&spawned.stderr))
+            .is_err()
+        {
+            self.sandbox.kill(pid, zygote.as_ref());
+            return Err(JobError::Sandbox(SandboxError::Pipe(
+                std::io::Error::other("could not make the job's output pipes non-blocking"),
+            )));
+        }
         let (mut stdout, mut stderr) = (Some(spawned.stdout), Some(spawned.stderr));
         if report.is_some() {
             for (stream, pipe, buffer) in [

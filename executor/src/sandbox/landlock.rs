@@ -143,10 +143,9 @@ impl LandlockPolicy {
                     })
             })
             .collect::<Result<Writable, _>>()?;
+        let seen: Key = (view, seen);
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = kept
-            .iter()
-            .position(|(key, _)| key.0 == view && key.1 == seen)
+        if let Some(at) = kept.iter().position(|(key, _)| *key == seen)
             && let Some(entry) = kept.remove(at)
         {
             let ruleset = Arc::clone(&entry.1);

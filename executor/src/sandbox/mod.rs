@@ -547,10 +547,7 @@ impl Sandbox {
             Some(bytes) => Some(spawn::memfd_with(bytes).map_err(SandboxError::Pipe)?),
             None => None,
         };
-        let landlock = match &self.landlock {
-            Some(policy) => Some(policy.ruleset(view.map(View::index), writable)?),
-            None => None,
-        };
+        let landlock = self.landlock_ruleset(view, writable)?;
         // A spare has a cgroup already; it only needs this job's limit. The next spare is
         // made once this function returns, the job started.
         let (mut spare, _make_next) = self.spares.as_ref().and_then(spare::Spares::take).unzip();
@@ -617,10 +614,7 @@ impl Sandbox {
                 }
             }
         };
-        let landlock = match &self.landlock {
-            Some(policy) => Some(policy.ruleset(view.map(View::index), writable)?),
-            None => None,
-        };
+        let landlock = self.landlock_ruleset(view, writable)?;
         if zygote.wants_reservation()
             && let Ok(cgroups) = &self.cgroups
         {
@@ -644,6 +638,19 @@ impl Sandbox {
             cgroup,
             self.nproc_limit(job.limits),
         )
+    }
+
+    /// The Landlock ruleset of a job in `view` that may write `writable`, when Landlock is
+    /// there.
+    fn landlock_ruleset(
+        &self,
+        view: Option<&View>,
+        writable: &[&Path],
+    ) -> Result<Option<Arc<std::os::fd::OwnedFd>>, SandboxError> {
+        self.landlock
+            .as_ref()
+            .map(|policy| policy.ruleset(view.map(View::index), writable))
+            .transpose()
     }
 
     /// The view a job of `workspace` runs in: `Ok(None)` when there are no views, an error

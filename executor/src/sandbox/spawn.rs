@@ -220,17 +220,6 @@ pub fn pipe_high() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((raise_fd(read)?, raise_fd(write)?))
 }
 
-/// A pipe for a job's stdout or stderr: the read end, the executor's, is non-blocking (read
-/// at once after the job's exit, or through the runtime); the write end is the job's.
-pub fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (read, write) = pipe_high()?;
-    nix::fcntl::fcntl(
-        &read,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )?;
-    Ok((read, write))
-}
-
 /// Read what the non-blocking `fd` holds into `buffer`'s spare capacity, without waiting:
 /// the count read (0 at EOF), or `WouldBlock` when nothing is there yet.
 pub fn read_ready(fd: &OwnedFd, buffer: &mut bytes::BytesMut) -> io::Result<usize> {
@@ -329,8 +318,8 @@ pub fn spawn(
 ) -> Result<SpawnedJob, SandboxError> {
     let (error_read, error_write) = pipe_high().map_err(SandboxError::Pipe)?;
     let (stdin_read, stdin_write) = pipe_high().map_err(SandboxError::Pipe)?;
-    let (stdout_read, stdout_write) = output_pipe().map_err(SandboxError::Pipe)?;
-    let (stderr_read, stderr_write) = output_pipe().map_err(SandboxError::Pipe)?;
+    let (stdout_read, stdout_write) = pipe_high().map_err(SandboxError::Pipe)?;
+    let (stderr_read, stderr_write) = pipe_high().map_err(SandboxError::Pipe)?;
     if plan.inherit.len() > MAX_INHERITED {
         return Err(SandboxError::Pipe(io::Error::other(
             "too many inherited descriptors",

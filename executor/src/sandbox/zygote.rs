@@ -292,8 +292,8 @@ impl Zygote {
         nproc: u64,
     ) -> Result<SpawnedJob, SandboxError> {
         let (stdin_read, stdin_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
-        let (stdout_read, stdout_write) = spawn::output_pipe().map_err(SandboxError::Pipe)?;
-        let (stderr_read, stderr_write) = spawn::output_pipe().map_err(SandboxError::Pipe)?;
+        let (stdout_read, stdout_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
+        let (stderr_read, stderr_write) = spawn::pipe_high().map_err(SandboxError::Pipe)?;
         let workdir = spawn::open_workdir(job.workdir, view)?;
         let code = spawn::memfd_with(job.code).map_err(SandboxError::Pipe)?;
         let rlimits: Vec<[u64; 3]> = spawn::rlimits_for(job.limits, nproc)
@@ -565,11 +565,6 @@ fn forward_diagnostics(spawned: SpawnedJob) {
     } = spawned;
     drop(stdin);
     for (stream, fd) in [("stdout", stdout), ("stderr", stderr)] {
-        // Read line by line, blocking, on a thread of its own (the pipe came non-blocking).
-        let _ = nix::fcntl::fcntl(
-            &fd,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-        );
         let _ = std::thread::Builder::new()
             .name("nox-zygote-log".into())
             .spawn(move || {
