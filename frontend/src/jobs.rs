@@ -28,6 +28,7 @@ use crate::api_types::{
 use crate::body::{self, Body};
 use crate::busy::{Asking, BusyHint};
 use crate::executor::{Connection, ExecutorError};
+use crate::telemetry;
 
 /// Which of the two run endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,13 +131,14 @@ pub async fn run(
         tracing::debug!(job_id, error = %wire, "job refused: the executor's queue was full just now");
         return Err(ApiError::wire(&wire));
     }
-    tracing::info!(
-        job_id,
-        workspace,
-        language = spec.program.language(),
-        stream = mode != OutputMode::Json,
-        "job requested"
-    );
+    if tracing::enabled!(tracing::Level::INFO) {
+        let (job_id, workspace) = (job_id.to_owned(), workspace.to_owned());
+        let (language, stream) = (spec.program.language(), mode != OutputMode::Json);
+        // Once the job is on its way to the executor (see `write_soon`).
+        telemetry::write_soon(move || {
+            tracing::info!(job_id, workspace, language, stream, "job requested");
+        });
+    }
 
     let asking = Asking::new(&state.busy);
     let called = state.executor.call(Request::Run(spec)).await;
@@ -399,14 +401,23 @@ impl Capped {
 }
 
 fn log_finished(outcome: &JobOutcome) {
-    tracing::info!(
-        job_id = %outcome.job_id,
-        returncode = returncode(outcome.status),
-        timed_out = outcome.timed_out,
-        limit_hit = outcome.limit_hit.map(limit_name),
-        duration_ms = outcome.duration_ms,
-        "job finished"
-    );
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let job_id = outcome.job_id.clone();
+    let (returncode, timed_out) = (returncode(outcome.status), outcome.timed_out);
+    let (limit_hit, duration_ms) = (outcome.limit_hit.map(limit_name), outcome.duration_ms);
+    // After the reply is on its way (see `write_soon`).
+    telemetry::write_soon(move || {
+        tracing::info!(
+            job_id = %job_id,
+            returncode,
+            timed_out,
+            limit_hit,
+            duration_ms,
+            "job finished"
+        );
+    });
 }
 
 fn limit_name(limit: LimitHit) -> &'static str {

@@ -14,7 +14,7 @@ use crate::api_error::ApiError;
 use crate::api_types::RestartReply;
 use crate::body::{self, Body};
 use crate::jobs::Language;
-use crate::{files, health, host, jobs, random, uri};
+use crate::{files, health, host, jobs, random, telemetry, uri};
 
 /// The endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,24 +132,30 @@ struct RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
         let duration_ms = self.started.elapsed().as_millis() as u64;
-        match self.status {
+        let (method, path) = (self.method.clone(), std::mem::take(&mut self.path));
+        let (job_id, status) = (self.job_id.take(), self.status);
+        // After the reply is on its way (see `write_soon`).
+        telemetry::write_soon(move || match status {
             Some(status) => tracing::info!(
-                method = %self.method,
-                path = %self.path,
+                method = %method,
+                path = %path,
                 status,
                 duration_ms,
-                job_id = self.job_id.as_deref(),
+                job_id = job_id.as_deref(),
                 "request"
             ),
             None => tracing::info!(
-                method = %self.method,
-                path = %self.path,
+                method = %method,
+                path = %path,
                 duration_ms,
-                job_id = self.job_id.as_deref(),
+                job_id = job_id.as_deref(),
                 "request abandoned by the client"
             ),
-        }
+        });
     }
 }
 
