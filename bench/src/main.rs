@@ -73,6 +73,27 @@ const COLD_PYTHON: &str = "cold Python (python_mode = cold): POST /run_py print(
 /// joined ahead of the job).
 const PACE: Duration = Duration::from_millis(25);
 
+/// The label of the cells run with [`CROWD_FILES`] files in the workspace (not starting
+/// with "POST", so that the plain cells are the ones found by their endpoint).
+const CROWDED: &str = "a workspace of 5,000 files: POST /run_sh true";
+const CROWD_FILES: usize = 5_000; // as the labels say
+
+/// Create `count` empty files in a new directory `dir`, owned like the directory it is in
+/// (the workspace's uid).
+fn populate(dir: &Path, count: usize) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(dir);
+    let owner = std::fs::metadata(parent)?;
+    std::fs::create_dir(dir)?;
+    std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()))?;
+    for i in 0..count {
+        let file = dir.join(format!("f{i}"));
+        std::fs::File::create(&file)?;
+        std::os::unix::fs::chown(&file, Some(owner.uid()), Some(owner.gid()))?;
+    }
+    Ok(())
+}
+
 /// Rounds of the floor and `/run_sh` at c=1 taken in turn, and the length of each: the
 /// c=1 requirement compares them round by round (see [`median_difference`]).
 const INTERLEAVED_ROUNDS: usize = 8;
@@ -841,6 +862,28 @@ fn main() -> Result<(), Failure> {
                 interleaved.push((floor.p50_ms, job.p50_ms));
             }
         }
+        // A workspace as real ones are (a checkout, a virtual environment): the same
+        // `/run_sh true` with thousands of files beside the job.
+        let crowd = nox
+            .dir
+            .join("workspaces")
+            .join("default")
+            .join("bench-files");
+        populate(&crowd, CROWD_FILES)?;
+        for concurrency in [1, 32] {
+            let mut measured = load(
+                Endpoint::RunSh,
+                &nox,
+                concurrency,
+                settings,
+                Arc::clone(&peak),
+            )
+            .await?;
+            measured.what = CROWDED.to_owned();
+            print_row(&measured);
+            rows.push(measured);
+        }
+        std::fs::remove_dir_all(&crowd)?;
         memory.push((
             "nox-frontend peak under load".to_owned(),
             peak[0].load(Ordering::Relaxed),
@@ -991,6 +1034,26 @@ fn main() -> Result<(), Failure> {
             ),
             "p99 ≤ 10 ms".into(),
             n.p99_ms <= 10.0,
+        ));
+    }
+    // Not one of the issue's figures either: a guard for workspaces of realistic size. A
+    // walk of the whole workspace after every job (for its disk quota) once made these
+    // cells a tenth of the plain ones.
+    if let (Some(plain_1), Some(plain_32), Some(crowded_1), Some(crowded_32)) = (
+        nox_row("POST /run_sh", 1),
+        nox_row("POST /run_sh", 32),
+        nox_row(CROWDED, 1),
+        nox_row(CROWDED, 32),
+    ) {
+        let share = 100.0 * crowded_32.per_second / plain_32.per_second;
+        targets.push(Check::new(
+            "shell jobs in a workspace of 5,000 files (under the default disk quota)".to_owned(),
+            format!(
+                "c=32: {:.0} req/s, {share:.0} % of the plain cell's {:.0}; c=1: p50 {:.2} ms against {:.2}",
+                crowded_32.per_second, plain_32.per_second, crowded_1.p50_ms, plain_1.p50_ms
+            ),
+            "c=32 ≥ 75 % of the plain cell, c=1 p50 ≤ plain + 0.2 ms".into(),
+            share >= 75.0 && crowded_1.p50_ms <= plain_1.p50_ms + 0.2,
         ));
     }
     if let Some(n) = row_named("paced: POST /run_py") {

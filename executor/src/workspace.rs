@@ -288,6 +288,12 @@ impl Workspaces {
         Ok(used)
     }
 
+    /// What `workspace` used when last measured, kept up to date by uploads and deletes
+    /// since; `None` before its first measurement.
+    pub fn known_use(&self, workspace: &str) -> Option<u64> {
+        self.ledger().get(workspace).copied()
+    }
+
     /// Whether [`Workspaces::check_quota`] answers without measuring the workspace (no
     /// quota, or its use already known).
     pub fn quota_known(&self, workspace: &str) -> bool {
