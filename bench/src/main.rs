@@ -78,6 +78,25 @@ const PACE: Duration = Duration::from_millis(25);
 const CROWDED: &str = "a workspace of 5,000 files: POST /run_sh true";
 const CROWD_FILES: usize = 5_000; // as the labels say
 
+/// `endpoint` on `nox` at each of `concurrencies`, the rows labelled `label`, printed.
+async fn labelled(
+    endpoint: Endpoint,
+    nox: &Nox,
+    concurrencies: &[usize],
+    label: &str,
+    settings: Settings,
+    rss_peak: &Arc<[AtomicU64; 2]>,
+) -> Result<Vec<Row>, Failure> {
+    let mut rows = Vec::new();
+    for &concurrency in concurrencies {
+        let mut measured = load(endpoint, nox, concurrency, settings, Arc::clone(rss_peak)).await?;
+        measured.what = label.to_owned();
+        print_row(&measured);
+        rows.push(measured);
+    }
+    Ok(rows)
+}
+
 /// Create `count` empty files in a new directory `dir`, owned like the directory it is in
 /// (the workspace's uid).
 fn populate(dir: &Path, count: usize) -> Result<(), Failure> {
@@ -870,19 +889,7 @@ fn main() -> Result<(), Failure> {
             .join("default")
             .join("bench-files");
         populate(&crowd, CROWD_FILES)?;
-        for concurrency in [1, 32] {
-            let mut measured = load(
-                Endpoint::RunSh,
-                &nox,
-                concurrency,
-                settings,
-                Arc::clone(&peak),
-            )
-            .await?;
-            measured.what = CROWDED.to_owned();
-            print_row(&measured);
-            rows.push(measured);
-        }
+        rows.extend(labelled(Endpoint::RunSh, &nox, &[1, 32], CROWDED, settings, &peak).await?);
         std::fs::remove_dir_all(&crowd)?;
         memory.push((
             "nox-frontend peak under load".to_owned(),
@@ -945,19 +952,17 @@ fn main() -> Result<(), Failure> {
     runtime.block_on(async {
         wait_ready(&cold).await?;
         let unwatched = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-        for concurrency in [1, 8] {
-            let mut measured = load(
+        rows.extend(
+            labelled(
                 Endpoint::RunPy,
                 &cold,
-                concurrency,
+                &[1, 8],
+                COLD_PYTHON,
                 settings,
-                Arc::clone(&unwatched),
+                &unwatched,
             )
-            .await?;
-            measured.what = COLD_PYTHON.to_owned();
-            print_row(&measured);
-            rows.push(measured);
-        }
+            .await?,
+        );
         Ok::<_, Failure>(())
     })?;
     drop(cold);
