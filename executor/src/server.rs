@@ -195,13 +195,44 @@ async fn connection(stream: UnixStream, id: u64, shared: Arc<Shared>, closing: C
 }
 
 fn log_failure(id: u64, peer: &PeerCredentials, error: &ServerError) {
-    tracing::warn!(
-        connection = id,
-        uid = peer.uid,
-        pid = peer.pid,
-        error = error_chain(error),
-        "closed a connection"
-    );
+    // A frontend drops a job's connection when its client goes away mid-job: routine, not
+    // a warning (an operator's warnings stay for what is wrong).
+    if error.peer_went_away() {
+        tracing::info!(
+            connection = id,
+            uid = peer.uid,
+            pid = peer.pid,
+            error = error_chain(error),
+            "the peer closed a connection mid-request"
+        );
+    } else {
+        tracing::warn!(
+            connection = id,
+            uid = peer.uid,
+            pid = peer.pid,
+            error = error_chain(error),
+            "closed a connection"
+        );
+    }
+}
+
+impl ServerError {
+    /// The peer closed or reset the connection: nothing it sent was wrong.
+    fn peer_went_away(&self) -> bool {
+        match self {
+            ServerError::Read(CodecError::Io(error)) | ServerError::Send(CodecError::Io(error)) => {
+                matches!(
+                    error.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+            }
+            ServerError::UploadAbandoned => true,
+            _ => false,
+        }
+    }
 }
 
 /// How a job's part of the conversation ended.
@@ -637,5 +668,27 @@ fn request_name(request: &Request) -> &'static str {
         Request::List(_) => "List",
         Request::Delete(_) => "Delete",
         Request::Cancel => "Cancel",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CodecError, ServerError};
+    use std::io::ErrorKind;
+
+    #[test]
+    fn a_peer_that_went_away_is_told_apart_from_a_connection_that_went_wrong() {
+        let io = |kind: ErrorKind| CodecError::Io(std::io::Error::from(kind));
+        assert!(ServerError::Send(io(ErrorKind::BrokenPipe)).peer_went_away());
+        assert!(ServerError::Read(io(ErrorKind::ConnectionReset)).peer_went_away());
+        assert!(ServerError::UploadAbandoned.peer_went_away());
+        assert!(!ServerError::Read(CodecError::FrameTooLarge).peer_went_away());
+        assert!(!ServerError::Read(io(ErrorKind::PermissionDenied)).peer_went_away());
+        assert!(!ServerError::VersionMismatch { theirs: 0 }.peer_went_away());
+        let unexpected = ServerError::UnexpectedFrame {
+            received: "Hello",
+            context: "while a job runs",
+        };
+        assert!(!unexpected.peer_went_away());
     }
 }
