@@ -195,24 +195,23 @@ async fn connection(stream: UnixStream, id: u64, shared: Arc<Shared>, closing: C
 }
 
 fn log_failure(id: u64, peer: &PeerCredentials, error: &ServerError) {
+    macro_rules! closed {
+        ($level:ident, $message:literal) => {
+            tracing::$level!(
+                connection = id,
+                uid = peer.uid,
+                pid = peer.pid,
+                error = error_chain(error),
+                $message
+            )
+        };
+    }
     // A frontend drops a job's connection when its client goes away mid-job: routine, not
     // a warning (an operator's warnings stay for what is wrong).
     if error.peer_went_away() {
-        tracing::info!(
-            connection = id,
-            uid = peer.uid,
-            pid = peer.pid,
-            error = error_chain(error),
-            "the peer closed a connection mid-request"
-        );
+        closed!(info, "the peer closed a connection mid-request");
     } else {
-        tracing::warn!(
-            connection = id,
-            uid = peer.uid,
-            pid = peer.pid,
-            error = error_chain(error),
-            "closed a connection"
-        );
+        closed!(warn, "closed a connection");
     }
 }
 
