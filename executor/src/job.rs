@@ -189,6 +189,12 @@ impl JobRunner {
             None => tracing::info!(layers = %describe_layers(&sandbox), "sandbox ready"),
         }
         let max_concurrent = config.concurrency();
+        let remeasures = Arc::new(Remeasures::new({
+            let workspaces = Arc::clone(&workspaces);
+            move |workspace| {
+                let _ = workspaces.measure(workspace);
+            }
+        }));
         Ok(JobRunner {
             config: config.clone(),
             sandbox: Arc::new(sandbox),
@@ -200,7 +206,7 @@ impl JobRunner {
             queued: AtomicU32::new(0),
             running,
             started_at: Instant::now(),
-            remeasures: Arc::default(),
+            remeasures,
             refusal,
         })
     }
@@ -318,10 +324,7 @@ impl JobRunner {
         }
         // What the job left is what the next job and upload are measured against.
         if self.workspaces.quota().is_some() {
-            let (workspaces, workspace) = (Arc::clone(&self.workspaces), spec.workspace.clone());
-            self.remeasures.request(&spec.workspace, move || {
-                let _ = workspaces.measure(&workspace);
-            });
+            self.remeasures.request(&spec.workspace);
         }
         result
     }
@@ -679,19 +682,35 @@ async fn send_held(held: &mut Option<Reply>, replies: &mpsc::Sender<Reply>) -> b
 /// [`REMEASURE_PAUSE`] times the walk's length: walks of one workspace take at most a
 /// fifth of a CPU, and what the next job or upload is checked against is at most a few
 /// walks old. Running jobs ask too, every [`QUOTA_CHECK_EVERY`] (see [`over_quota`]).
-#[derive(Debug, Default)]
 struct Remeasures {
+    /// Measures a workspace (`Workspaces::measure`, remembering what it found).
+    measure: Arc<dyn Fn(&str) + Send + Sync>,
     /// Workspaces being measured, each with whether another measurement was asked for.
     pending: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+}
+
+impl std::fmt::Debug for Remeasures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remeasures")
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
 }
 
 /// See [`Remeasures`].
 const REMEASURE_PAUSE: u32 = 4;
 
 impl Remeasures {
-    /// Run `measure`, which measures `workspace`, soon on a blocking thread: now if no
-    /// measurement of it runs, else once more after the running one.
-    fn request(self: &Arc<Self>, workspace: &str, measure: impl Fn() + Send + 'static) {
+    fn new(measure: impl Fn(&str) + Send + Sync + 'static) -> Remeasures {
+        Remeasures {
+            measure: Arc::new(measure),
+            pending: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Measure `workspace` soon, on a blocking thread: now if no measurement of it runs,
+    /// else once more after the running one.
+    fn request(self: &Arc<Self>, workspace: &str) {
         {
             let mut pending = self.lock();
             if let Some(again) = pending.get_mut(workspace) {
@@ -704,7 +723,7 @@ impl Remeasures {
         tokio::task::spawn_blocking(move || {
             loop {
                 let begun = Instant::now();
-                measure();
+                (remeasures.measure)(&workspace);
                 let took = begun.elapsed();
                 {
                     let mut pending = remeasures.lock();
@@ -749,10 +768,7 @@ async fn over_quota(workspaces: Arc<Workspaces>, remeasures: Arc<Remeasures>, wo
         {
             return;
         }
-        let (measuring, name) = (Arc::clone(&workspaces), workspace.clone());
-        remeasures.request(&workspace, move || {
-            let _ = measuring.measure(&name);
-        });
+        remeasures.request(&workspace);
     }
 }
 
@@ -1053,16 +1069,18 @@ mod tests {
         use std::sync::Mutex;
         // Each measurement takes 20 ms and notes when it began and ended.
         let walks: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
-        let remeasures = Arc::new(Remeasures::default());
-        let mut last_request = Instant::now();
-        for _ in 0..40 {
+        let remeasures = Arc::new(Remeasures::new({
             let walks = Arc::clone(&walks);
-            last_request = Instant::now();
-            remeasures.request("w", move || {
+            move |_| {
                 let begun = Instant::now();
                 std::thread::sleep(Duration::from_millis(20));
                 walks.lock().unwrap().push((begun, Instant::now()));
-            });
+            }
+        }));
+        let mut last_request = Instant::now();
+        for _ in 0..40 {
+            last_request = Instant::now();
+            remeasures.request("w");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // 200 ms of requests; then the last measurement plus its pause (at most ~100 ms).
