@@ -29,7 +29,7 @@ use crate::sandbox::reaper::ExitReport;
 use crate::sandbox::spawn::{self, JobCommand, SpawnedJob};
 use crate::sandbox::zygote::WarmPython;
 use crate::sandbox::{JobIdentity, Sandbox, SandboxError};
-use crate::scratch::Scratches;
+use crate::scratch::{Scratch, Scratches};
 use crate::views::ViewLease;
 use crate::workspace::{WorkspaceError, Workspaces};
 use nox_protocol::error_chain;
@@ -282,8 +282,9 @@ impl JobRunner {
         let limits = self.ceilings.clamp(&spec.limits);
         // The workspace's path follows from its name (`ensure` below creates it if needed).
         let workdir = self.config.workspace_root.join(&spec.workspace);
-        let scratch = self.scratches.path_for(&spec.job_id);
-        let (command, warm) = self.command_for(&spec, &limits, &workdir, &scratch);
+        let scratch = self.scratches.take(&spec.workspace);
+        let scratch_path = scratch.path().to_owned();
+        let (command, warm) = self.command_for(&spec, &limits, &workdir, &scratch_path);
         // A shell job is started right here: its start blocks for a few hundred
         // microseconds (workspace and scratch directory, pipes, the Landlock ruleset, then
         // clone until exec), less than the hop to a blocking thread and back costs in
@@ -302,7 +303,7 @@ impl JobRunner {
             scratches: Arc::clone(&self.scratches),
             workspace: spec.workspace.clone(),
             python_file: filename,
-            scratch: scratch.clone(),
+            scratch,
             command,
             warm,
             view,
@@ -317,10 +318,13 @@ impl JobRunner {
             .await;
         // Nobody waits for the cleanup: the reply has been sent. An empty scratch directory
         // (most jobs) is kept at once, here: a blocking thread's two wake-ups cost more.
-        if !self.scratches.release_if_empty(&scratch, &spec.workspace) {
+        if !self
+            .scratches
+            .release_if_empty(&scratch_path, &spec.workspace)
+        {
             let scratches = Arc::clone(&self.scratches);
             let workspace = spec.workspace.clone();
-            tokio::task::spawn_blocking(move || scratches.release(&scratch, &workspace));
+            tokio::task::spawn_blocking(move || scratches.release(&scratch_path, &workspace));
         }
         // What the job left is what the next job and upload are measured against.
         if self.workspaces.quota().is_some() {
@@ -781,7 +785,7 @@ struct Prepared {
     /// A Python job's file name: its code (`command.code`) is saved there in the workspace,
     /// as the seed did.
     python_file: Option<RelPath>,
-    scratch: PathBuf,
+    scratch: Scratch,
     command: JobCommand,
     /// `(shown path, file name)` of a Python job on the warm path.
     warm: Option<(String, String)>,
@@ -791,22 +795,31 @@ struct Prepared {
 
 impl Prepared {
     /// Workspace, code file, scratch directory, then the job's process. Blocking. Gives
-    /// back the view's lease, for the job's lifetime.
+    /// back the view's lease, for the job's lifetime. The scratch directory is released
+    /// again if the job cannot start.
     fn spawn(self) -> Result<(SpawnedJob, Option<ViewLease>), JobError> {
+        let started = self.start();
+        if started.is_err() {
+            self.scratches.release(self.scratch.path(), &self.workspace);
+        }
+        Ok((started?, self.view))
+    }
+
+    fn start(&self) -> Result<SpawnedJob, JobError> {
         // The job runs as its workspace's own uid (see `owners`).
         let (workdir, owner) = self.workspaces.ensure(&self.workspace)?;
         self.workspaces.check_quota(&self.workspace)?;
         if let (Some(path), Some(code)) = (&self.python_file, &self.command.code) {
             self.workspaces.write_file(&self.workspace, path, code)?;
         }
-        let scratches = &self.scratches;
-        scratches
-            .make(&self.scratch, &self.workspace, owner)
+        let scratch = self.scratch.path();
+        self.scratches
+            .make(&self.scratch, owner)
             .map_err(|source| JobError::Scratch {
-                path: self.scratch.clone(),
+                path: scratch.to_owned(),
                 source,
             })?;
-        let writable = [workdir.as_path(), self.scratch.as_path()];
+        let writable = [workdir.as_path(), scratch];
         let view = self.view.as_ref().map(ViewLease::view);
         let spawned = match &self.warm {
             Some((display, filename)) => self.sandbox.spawn_warm_python(
@@ -824,10 +837,7 @@ impl Prepared {
             ),
             None => self.sandbox.spawn(&self.command, &writable, owner, view),
         };
-        if spawned.is_err() {
-            scratches.release(&self.scratch, &self.workspace);
-        }
-        Ok((spawned?, self.view))
+        Ok(spawned?)
     }
 }
 

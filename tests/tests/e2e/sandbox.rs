@@ -260,8 +260,30 @@ fn the_environment_is_cleared_and_tmpdir_is_private_and_writable() {
         tmpdir != "/tmp" && tmpdir != "/var/tmp",
         "TMPDIR={tmpdir} is a shared directory"
     );
-    let other = nox.run_sh("echo \"$TMPDIR\"");
-    assert_ne!(stdout(&other).trim(), tmpdir, "two jobs share a TMPDIR");
+    // Jobs running at once never share one; a later job's starts empty, whoever had it.
+    let both = "echo \"$TMPDIR\"; ls -A \"$TMPDIR\"; touch \"$TMPDIR/left\"; sleep 0.5";
+    let [first, second] = std::thread::scope(|scope| {
+        [
+            scope.spawn(|| nox.run_sh(both)),
+            scope.spawn(|| nox.run_sh(both)),
+        ]
+        .map(|job| job.join().expect("a job's request"))
+    });
+    assert_eq!(
+        stdout(&first).lines().count(),
+        1,
+        "not empty at start: {first}"
+    );
+    assert_eq!(
+        stdout(&second).lines().count(),
+        1,
+        "not empty at start: {second}"
+    );
+    assert_ne!(
+        stdout(&first),
+        stdout(&second),
+        "two jobs running at once share a TMPDIR"
+    );
 }
 
 #[test]
