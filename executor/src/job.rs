@@ -682,10 +682,13 @@ async fn send_held(held: &mut Option<Reply>, replies: &mpsc::Sender<Reply>) -> b
 /// workspace, however many jobs end meanwhile. A measurement walks the whole workspace
 /// (~4 ms for 5,000 files here): one per job made a workspace of that size the bound of
 /// every job in it (`/run_sh true` c=32 1,872 → 222 req/s, c=1 p50 0.9 → 4.6 ms). Jobs
-/// that end while one runs ask for one more, which starts after a pause of
-/// [`REMEASURE_PAUSE`] times the walk's length: walks of one workspace take at most a
-/// fifth of a CPU, and what the next job or upload is checked against is at most a few
-/// walks old. Running jobs ask too, every [`QUOTA_CHECK_EVERY`] (see [`over_quota`]).
+/// that end while one runs, or in the pause after it, ask for one more, which starts once
+/// the pause is over: [`REMEASURE_PAUSE`] times the walk's length, and at least
+/// [`REMEASURE_MIN_PAUSE`]. So walks of one workspace take at most a fifth of a CPU, a
+/// small workspace is walked at most 100 times a second however many jobs end (a walk
+/// after every job had cost ~40 µs of CPU per `/run_sh true` at c=1), and what the next
+/// job or upload is checked against is at most a few walks or 10 ms old. Running jobs
+/// ask too, every [`QUOTA_CHECK_EVERY`] (see [`over_quota`]).
 struct Remeasures {
     /// Measures a workspace (`Workspaces::measure`, remembering what it found).
     measure: Arc<dyn Fn(&str) + Send + Sync>,
@@ -704,6 +707,9 @@ impl std::fmt::Debug for Remeasures {
 /// See [`Remeasures`].
 const REMEASURE_PAUSE: u32 = 4;
 
+/// See [`Remeasures`].
+const REMEASURE_MIN_PAUSE: Duration = Duration::from_millis(10);
+
 impl Remeasures {
     fn new(measure: impl Fn(&str) + Send + Sync + 'static) -> Remeasures {
         Remeasures {
@@ -712,8 +718,8 @@ impl Remeasures {
         }
     }
 
-    /// Measure `workspace` soon, on a blocking thread: now if no measurement of it runs,
-    /// else once more after the running one.
+    /// Measure `workspace` soon, on a blocking thread: now if no measurement of it runs
+    /// or pauses, else once more after the running one and its pause.
     fn request(self: &Arc<Self>, workspace: &str) {
         {
             let mut pending = self.lock();
@@ -724,22 +730,31 @@ impl Remeasures {
             pending.insert(workspace.to_owned(), false);
         }
         let (remeasures, workspace) = (Arc::clone(self), workspace.to_owned());
-        tokio::task::spawn_blocking(move || {
+        // The pause waits on the runtime's timer, not on a blocking thread: one per
+        // workspace in use would add up.
+        tokio::spawn(async move {
             loop {
-                let begun = Instant::now();
-                (remeasures.measure)(&workspace);
-                let took = begun.elapsed();
-                {
-                    let mut pending = remeasures.lock();
-                    match pending.get_mut(&workspace) {
-                        Some(again) if *again => *again = false,
-                        _ => {
-                            pending.remove(&workspace);
-                            return;
-                        }
+                let (measure, name) = (Arc::clone(&remeasures.measure), workspace.clone());
+                let took = tokio::task::spawn_blocking(move || {
+                    let begun = Instant::now();
+                    measure(&name);
+                    begun.elapsed()
+                })
+                .await
+                .unwrap_or_default();
+                tokio::time::sleep(
+                    took.saturating_mul(REMEASURE_PAUSE)
+                        .max(REMEASURE_MIN_PAUSE),
+                )
+                .await;
+                let mut pending = remeasures.lock();
+                match pending.get_mut(&workspace) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        pending.remove(&workspace);
+                        return;
                     }
                 }
-                std::thread::sleep(took.saturating_mul(REMEASURE_PAUSE));
             }
         });
     }
@@ -1109,6 +1124,38 @@ mod tests {
         let latest = walks.last().expect("a measurement").0;
         assert!(
             latest >= last_request,
+            "nothing was measured after the last request"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quick_workspace_is_measured_at_most_every_ten_milliseconds() {
+        use std::sync::Mutex;
+        let walks: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let remeasures = Arc::new(Remeasures::new({
+            let walks = Arc::clone(&walks);
+            move |_| walks.lock().unwrap().push(Instant::now())
+        }));
+        // A job ending every 0.5 ms for 100 ms, in two workspaces.
+        let begun = Instant::now();
+        let mut last_request = begun;
+        while begun.elapsed() < Duration::from_millis(100) {
+            last_request = Instant::now();
+            remeasures.request("w");
+            remeasures.request("other");
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(remeasures.lock().is_empty(), "still measuring");
+        let walks = walks.lock().unwrap().clone();
+        // Two workspaces, each at most once per 10 ms (plus the one after the last request).
+        assert!(
+            (4..=26).contains(&walks.len()),
+            "{} measurements of two workspaces in 100 ms",
+            walks.len()
+        );
+        assert!(
+            walks.iter().any(|&walk| walk >= last_request),
             "nothing was measured after the last request"
         );
     }
