@@ -876,6 +876,10 @@ async fn a_spare_cloned_while_we_hold_descriptors_keeps_none_of_them() {
     let next = waiting_spare(&runner).await;
     assert_ne!(next, first);
     wait_until_joined(next).await;
+    // Joined, it closes its cgroup's `cgroup.procs`, then loads the filter: once filtered
+    // it holds only what it keeps while it waits (seen joined but not yet filtered, on a
+    // busy machine, it still held that descriptor).
+    wait_until_filtered(next).await;
     assert_holds_nothing_of_ours(next);
     nix::unistd::close(high).unwrap();
     drop((read, write));
