@@ -148,16 +148,16 @@ impl Scratches {
     /// The job of `workspace` whose directory is `path` is over: empty the directory and
     /// keep it for a later job of the same workspace, or remove it. Blocking.
     pub fn release(&self, path: &Path, workspace: &str) {
-        let emptied = self.emptied(path);
+        let emptied = self.emptied(path).is_some();
         self.keep_or_remove(path, workspace, emptied);
     }
 
     /// [`Scratches::release`] if the job left its directory empty, as most jobs do: then it
     /// costs a few system calls and is done at once (true). False, and nothing done, if
-    /// the job left something there.
+    /// the job left something there. (No `stat` first: what is at `path` when it is taken
+    /// again, a directory or not, is checked then, in [`Scratches::make`].)
     pub fn release_if_empty(&self, path: &Path, workspace: &str) -> bool {
-        let empty = std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.is_dir())
-            && std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none());
+        let empty = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none());
         if empty {
             self.keep_or_remove(path, workspace, true);
         }
@@ -186,23 +186,20 @@ impl Scratches {
     }
 
     /// Remove everything in the directory at `path` (never following a symbolic link);
-    /// true when it is a directory and now empty.
-    fn emptied(&self, path: &Path) -> bool {
-        let emptied = || -> Option<()> {
-            if !std::fs::symlink_metadata(path).ok()?.is_dir() {
-                return None;
-            }
-            for entry in std::fs::read_dir(path).ok()? {
-                let entry = entry.ok()?;
-                let removed = match entry.file_type().ok()? {
-                    kind if kind.is_dir() => std::fs::remove_dir_all(entry.path()),
-                    _ => std::fs::remove_file(entry.path()),
-                };
-                removed.ok()?;
-            }
-            Some(())
-        };
-        emptied().is_some()
+    /// `Some` when it is a directory and now empty.
+    fn emptied(&self, path: &Path) -> Option<()> {
+        if !std::fs::symlink_metadata(path).ok()?.is_dir() {
+            return None;
+        }
+        for entry in std::fs::read_dir(path).ok()? {
+            let entry = entry.ok()?;
+            let removed = match entry.file_type().ok()? {
+                kind if kind.is_dir() => std::fs::remove_dir_all(entry.path()),
+                _ => std::fs::remove_file(entry.path()),
+            };
+            removed.ok()?;
+        }
+        Some(())
     }
 }
 
@@ -275,6 +272,17 @@ mod tests {
         assert_eq!(made(&scratches, "w"), first);
         assert!(first.is_dir());
         assert_eq!(std::fs::read_dir(&first).unwrap().count(), 0);
+        // Replaced by a symbolic link to an empty directory before its release: kept (the
+        // release reads through it), then found not a directory when taken, and made anew;
+        // the link's target is left alone.
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::remove_dir(&first).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &first).unwrap();
+        assert!(scratches.release_if_empty(&first, "w"));
+        assert_eq!(made(&scratches, "w"), first);
+        assert!(!std::fs::symlink_metadata(&first).unwrap().is_symlink());
+        assert!(elsewhere.is_dir());
         // Something planted at the next new name does not stop a job either.
         let fresh = scratches.take("fresh");
         std::fs::create_dir_all(fresh.path().join("planted")).unwrap();
