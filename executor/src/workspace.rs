@@ -297,7 +297,7 @@ impl Workspaces {
     /// Whether [`Workspaces::check_quota`] answers without measuring the workspace (no
     /// quota, or its use already known).
     pub fn quota_known(&self, workspace: &str) -> bool {
-        self.quota.is_none() || self.ledger().contains_key(workspace)
+        self.quota.is_none() || self.known_use(workspace).is_some()
     }
 
     /// Room left under the quota (`u64::MAX` without one); `QuotaExceeded` when none.
@@ -305,8 +305,7 @@ impl Workspaces {
         let Some(quota) = self.quota else {
             return Ok(u64::MAX);
         };
-        let known = self.ledger().get(workspace).copied();
-        let used = match known {
+        let used = match self.known_use(workspace) {
             Some(used) => used,
             None => self.measure(workspace)?,
         };
