@@ -756,7 +756,7 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
     let runner = own_runner(&dir).await;
     let spare = waiting_spare(&runner).await;
     wait_until_joined(spare).await;
-    // Filtered, it has closed its cgroup's `cgroup.procs` too (see the test below).
+    // Filtered, it has closed the file that joins its cgroup too (see the test below).
     wait_until_filtered(spare).await;
     assert_holds_nothing_of_ours(spare);
     let limits = LimitRequest {
@@ -877,7 +877,7 @@ async fn a_spare_cloned_while_we_hold_descriptors_keeps_none_of_them() {
     let next = waiting_spare(&runner).await;
     assert_ne!(next, first);
     wait_until_joined(next).await;
-    // Joined, it closes its cgroup's `cgroup.procs`, then loads the filter: once filtered
+    // Joined, it closes the file that joins its cgroup, then loads the filter: once filtered
     // it holds only what it keeps while it waits (seen joined but not yet filtered, on a
     // busy machine, it still held that descriptor).
     wait_until_filtered(next).await;
@@ -934,6 +934,65 @@ fn pids_cgroup_of(pid: i32) -> String {
                 .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
         })
         .unwrap_or_default()
+}
+
+#[test]
+fn a_v1_job_cgroup_is_joined_through_tasks_and_the_joining_process_takes_its_children_along() {
+    let cgroups = match nox_executor::sandbox::cgroup::Cgroups::probe() {
+        Ok(cgroups) => cgroups,
+        Err(why) => {
+            eprintln!("SKIP: no job cgroups here: {why}");
+            return;
+        }
+    };
+    let cgroup = cgroups.create(8).unwrap();
+    let fd = cgroup.join_fd();
+    let file = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+    // v1: the thread that writes moves alone (its whole process, having one thread), without
+    // the kernel's global lock that moving a process through `cgroup.procs` takes.
+    let expected = if cgroups.describe().contains("(v1)") {
+        "tasks"
+    } else {
+        "cgroup.procs"
+    };
+    assert_eq!(
+        file.file_name().unwrap(),
+        expected,
+        "{}",
+        cgroups.describe()
+    );
+    // A shell that writes 0 there is in the job cgroup, and so is the child it forks next;
+    // this test's process is not.
+    let own = pids_cgroup_of(i32::try_from(std::process::id()).unwrap());
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo 0 > /proc/{}/fd/{fd} && cat /proc/$$/cgroup && echo -- && cat /proc/self/cgroup",
+            std::process::id()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8(out.stdout).unwrap();
+    let joined: Vec<&str> = out
+        .split("--\n")
+        .map(|cgroups| {
+            let line = |prefix: &str| {
+                cgroups
+                    .lines()
+                    .find_map(|line| line.split_once(prefix).map(|(_, path)| path))
+            };
+            line(":pids:").or_else(|| line("0::")).unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(joined.len(), 2, "{out}");
+    assert!(joined.iter().all(|path| path.contains("/job-")), "{out}");
+    assert_eq!(joined[0], joined[1], "{out}");
+    assert_eq!(
+        pids_cgroup_of(i32::try_from(std::process::id()).unwrap()),
+        own
+    );
+    assert!(!own.contains("/job-"), "{own}");
 }
 
 #[tokio::test]

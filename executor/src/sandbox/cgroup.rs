@@ -11,14 +11,26 @@
 //! Where neither is writable, [`Cgroups::probe`] says why and jobs keep RLIMIT_NPROC only,
 //! which then counts per workspace uid (see `crate::owners`).
 //!
-//! A job's first process joins its cgroup itself, before it can fork: it writes `0` to the
-//! cgroup's `cgroup.procs`, opened by the executor (the kernel checks the opener's
-//! credentials, so the zygote's child can do it too).
+//! A job's first process joins its cgroup itself, before it can fork: it writes `0` to a
+//! file of the cgroup that the executor opened (the kernel checks the opener's credentials,
+//! so the zygote's child can do it too). On v1 that file is `tasks`, which moves the
+//! writing thread alone (the whole process: it has one thread then), not `cgroup.procs`.
+//! Moving a whole process takes the kernel's global `cgroup_threadgroup_rwsem` for
+//! writing, which every fork and exit takes for reading; the first writer after a grace
+//! period without one waits a whole RCU grace period first, holding the cgroup mutex that
+//! every other join waits for. Moving the calling thread alone skips that lock (in
+//! `cgroup_procs_write_start`: a thread moving itself cannot exit or exec meanwhile). Measured
+//! here: a join after 50 ms without one took 5-9 ms through `cgroup.procs`, 35-76 µs
+//! through `tasks`; and `/run_sh true` at c=32, joining through `cgroup.procs`, stalled ~5
+//! times a second for 12-25 ms, both CPUs idle, the joins in `synchronize_rcu`, the jobs'
+//! forks and exits in `percpu_rwsem_wait`. v2 has no such file outside threaded subtrees
+//! (its `cgroup.threads` moves threads only within one), so there a job joins through
+//! `cgroup.procs` and may pay this.
 //!
 //! Making and removing a cgroup is the dearest step of starting a job here (the kernel
 //! allocates and frees every controller's state: more than the seccomp filter), so a job's
 //! cgroup, once its last process is gone, is kept for a later job instead of removed:
-//! [`POOL`] of them wait empty, their `cgroup.procs` open. Empty means no process at all,
+//! [`POOL`] of them wait empty, the file that joins them open. Empty means no process at all,
 //! and only a process inside a cgroup or the executor can add one (the directories are
 //! root's), so a job never meets anything of an earlier one there.
 
@@ -60,8 +72,9 @@ pub struct Cgroups {
 #[derive(Debug)]
 struct Made {
     path: PathBuf,
-    /// Its `cgroup.procs`, open for writing.
-    procs: OwnedFd,
+    /// The file a job's first process joins it through (`tasks` on v1, `cgroup.procs` on
+    /// v2: see the module docs), open for writing.
+    join: OwnedFd,
     /// What its `pids.max` says.
     max_processes: u64,
 }
@@ -77,10 +90,10 @@ pub struct JobCgroup {
 }
 
 impl JobCgroup {
-    /// `cgroup.procs` of the job's cgroup, open for writing: the job's first process
-    /// writes `0` to it.
-    pub fn procs(&self) -> RawFd {
-        self.made.as_ref().map_or(-1, |made| made.procs.as_raw_fd())
+    /// The file that joins the job's cgroup, open for writing: the job's first process
+    /// writes `0` to it while it has one thread.
+    pub fn join_fd(&self) -> RawFd {
+        self.made.as_ref().map_or(-1, |made| made.join.as_raw_fd())
     }
 
     /// Hold at most `max_processes` from now on: a spare's cgroup, given its job.
@@ -260,14 +273,18 @@ impl Cgroups {
         std::fs::create_dir(&path)?;
         let made = JobCgroupGuard(&path);
         std::fs::write(path.join("pids.max"), max_processes.to_string())?;
-        let procs = std::fs::OpenOptions::new()
+        let join = match self.version {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.procs",
+        };
+        let join = std::fs::OpenOptions::new()
             .write(true)
-            .open(path.join("cgroup.procs"))?;
-        let procs = super::spawn::raise_fd(OwnedFd::from(procs))?;
+            .open(path.join(join))?;
+        let join = super::spawn::raise_fd(OwnedFd::from(join))?;
         std::mem::forget(made);
         Ok(Made {
             path,
-            procs,
+            join,
             max_processes,
         })
     }

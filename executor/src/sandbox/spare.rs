@@ -1,22 +1,23 @@
 //! Spare processes: a child forked ahead of the next shell job, already in a pids cgroup.
 //!
-//! Joining a cgroup is the one step of starting a job whose cost depends on what happened
-//! before: writing `cgroup.procs` takes the kernel's global `cgroup_threadgroup_rwsem` for
-//! writing, and the first writer after a quiet moment waits a whole RCU grace period —
+//! Joining a cgroup through `cgroup.procs` is the one step of starting a job whose cost
+//! depends on what happened before: it takes the kernel's global `cgroup_threadgroup_rwsem`
+//! for writing, and the first writer after a quiet moment waits a whole RCU grace period —
 //! measured here at 10–20 ms, against 0.5 ms for the whole spawn (a job every 20 ms paid it
-//! almost every other time; `/run_sh` spaced 50 ms apart had a p50 of 9.9 ms). Back-to-back
-//! jobs never see it, which is why a closed-loop benchmark did not. So the join happens
-//! before the job exists: a spare is cloned while nothing waits for it, joins a cgroup from
-//! the pool (paying the wait, if any, on nobody's time) and blocks; a job hands it its plan
-//! and descriptors and it goes on with the usual steps from stdio to exec ([`enter_job`]).
-//! The kernel offers the same through `favordynmods` (a host-wide mount option, documented
-//! to make forks and exits dearer, that on 6.18 cannot be turned off again) and, on cgroup
-//! v2 only, `CLONE_INTO_CGROUP`; the spare needs neither.
+//! almost every other time; `/run_sh` spaced 50 ms apart had a p50 of 9.9 ms). So the join
+//! happens before the job exists: a spare is cloned while nothing waits for it, joins a
+//! cgroup from the pool (paying the wait, if any, on nobody's time) and blocks; a job hands
+//! it its plan and descriptors and it goes on with the usual steps from stdio to exec
+//! ([`enter_job`]). On cgroup v1 a job now joins through `tasks`, which skips that lock
+//! (see `super::cgroup`), so there the spare saves the rest: its clone, the seccomp load
+//! and the user namespace below. The kernel also offers `favordynmods` (a host-wide mount
+//! option, documented to make forks and exits dearer, that on 6.18 cannot be turned off
+//! again) and, on cgroup v2 only, `CLONE_INTO_CGROUP`; the spare needs neither.
 //!
 //! A spare is cloned with `CLONE_VM` like every job's child, but not suspended-parent
 //! (`CLONE_VFORK`): it runs on a stack of its own ([`SpareMemory`]) that stays allocated
 //! until it has exec'd or exited. It keeps nothing of the executor's: first thing, it
-//! closes every descriptor but its socket and its cgroup's `cgroup.procs` (so it never
+//! closes every descriptor but its socket and the file that joins its cgroup (so it never
 //! holds another job's pipe open), and it waits with every signal blocked. The job's
 //! descriptors arrive with `SCM_RIGHTS` on a `SOCK_SEQPACKET` pair, with the address of
 //! the job's [`RawPlan`] in the executor's memory, which the executor keeps alive until the
@@ -88,8 +89,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 #[repr(C)]
 struct SpareStart {
     socket: RawFd,
-    /// `cgroup.procs` of its cgroup, or -1.
-    cgroup_procs: RawFd,
+    /// The file that joins its cgroup (`JobCgroup::join_fd`), or -1.
+    cgroup_join: RawFd,
     /// The job filter, loaded while the spare waits.
     seccomp: Option<Arc<BpfProgram>>,
     /// The CPUs it takes back once handed a job (it is pinned to one for the wake-up).
@@ -162,7 +163,7 @@ impl Spare {
         let (ours, theirs) = (raise_fd(ours)?, raise_fd(theirs)?);
         let start = Box::new(SpareStart {
             socket: theirs.as_raw_fd(),
-            cgroup_procs: cgroup.as_ref().map_or(-1, JobCgroup::procs),
+            cgroup_join: cgroup.as_ref().map_or(-1, JobCgroup::join_fd),
             seccomp: made.seccomp.clone(),
             user_namespace: made.user_namespace.unwrap_or(-1),
             dispositions: made.dispositions,
@@ -342,7 +343,7 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
     // SAFETY: system calls on this process's own descriptors and on buffers in this frame.
     unsafe {
         // Nothing of the executor's but the descriptors it gave us.
-        let mut keep = [socket, start.cgroup_procs, start.user_namespace];
+        let mut keep = [socket, start.cgroup_join, start.user_namespace];
         keep.sort_unstable();
         let mut next: libc::c_uint = 0;
         for fd in keep {
@@ -361,11 +362,11 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
         if libc::setpgid(0, 0) != 0 {
             report(Step::ProcessGroup);
         }
-        if start.cgroup_procs >= 0 {
-            if libc::write(start.cgroup_procs, c"0".as_ptr().cast(), 1) != 1 {
+        if start.cgroup_join >= 0 {
+            if libc::write(start.cgroup_join, c"0".as_ptr().cast(), 1) != 1 {
                 report(Step::Cgroup);
             }
-            libc::close(start.cgroup_procs);
+            libc::close(start.cgroup_join);
         }
         // The views' user namespace (after the cgroup: that write is the executor's as
         // root, not a namespace's), so that a job's view costs it only its network
@@ -470,7 +471,7 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
             local.view_net = fds[6 + landlock + view];
         }
         local.inherit = &fds[5 + landlock + view + namespaces..count];
-        local.cgroup_procs = -1; // joined already
+        local.cgroup_join = -1; // joined already
         if let Some(cpus) = &start.cpus
             && libc::sched_setaffinity(0, std::mem::size_of_val(cpus), cpus) != 0
         {

@@ -357,7 +357,9 @@ pub fn spawn(
         stderr: stderr_write.as_raw_fd(),
         inherit: &inherit_raw,
         rlimits: &plan.rlimits,
-        cgroup_procs: cgroup.as_ref().map_or(-1, super::cgroup::JobCgroup::procs),
+        cgroup_join: cgroup
+            .as_ref()
+            .map_or(-1, super::cgroup::JobCgroup::join_fd),
         identity: plan.identity,
         keep_capabilities: plan.keep_capabilities,
         landlock: plan.landlock.as_ref().map_or(-1, AsRawFd::as_raw_fd),
@@ -541,8 +543,8 @@ pub(super) struct RawPlan<'a> {
     /// one never overwrites another still to be placed.
     pub(super) inherit: &'a [RawFd],
     rlimits: &'a [(RlimitResource, libc::rlimit)],
-    /// `cgroup.procs` of the job's pids cgroup, or -1.
-    pub(super) cgroup_procs: RawFd,
+    /// The file that joins the job's pids cgroup (`JobCgroup::join_fd`), or -1.
+    pub(super) cgroup_join: RawFd,
     identity: Option<(u32, u32)>,
     keep_capabilities: u32,
     pub(super) landlock: RawFd,
@@ -720,7 +722,7 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
             fail(plan.error_fd, Step::ProcessGroup);
         }
         // Into the job's pids cgroup ("0": this process) while still the only process.
-        if plan.cgroup_procs >= 0 && libc::write(plan.cgroup_procs, c"0".as_ptr().cast(), 1) != 1 {
+        if plan.cgroup_join >= 0 && libc::write(plan.cgroup_join, c"0".as_ptr().cast(), 1) != 1 {
             fail(plan.error_fd, Step::Cgroup);
         }
         enter_job(plan)

@@ -24,7 +24,7 @@
 #
 # Joining a pids cgroup can wait a whole RCU grace period (10-20 ms) when no process has
 # changed cgroups for a moment, so the spare joins one before its job exists: the executor
-# reserves a cgroup ("reserve", its cgroup.procs attached) and the spare joins it while it
+# reserves a cgroup ("reserve", the file that joins it attached) and the spare joins it while it
 # waits. A job whose "run" says it may take the reservation (its process limit is the one the
 # reserved cgroup holds) then runs in it, and its own cgroup becomes the next reservation:
 # "reserved" says so at once, before any later job is handed on, so that the executor swaps
@@ -65,7 +65,7 @@ CHILDREN = set()
 # The spare child: (pid, the zygote's end of its socket pair, whether it joined the
 # reserved cgroup), or None.
 SPARE = None
-# The reserved cgroup's cgroup.procs while no spare has joined it, or None.
+# The file that joins the reserved cgroup while no spare has joined it, or None.
 RESERVED = None
 ZYGOTE_PID = os.getpid()
 # Report pipes of children still setting up: read end -> [job id, pid, bytes so far].
@@ -223,10 +223,11 @@ def exit_status(exit):
     return 1
 
 
-def join(procs):
-    """Into the cgroup whose cgroup.procs is `procs` ("0": this process)."""
-    os.write(procs, b"0")
-    os.close(procs)
+def join(joining):
+    """Into the cgroup that `joining` joins ("0": this process, which has one thread: on
+    cgroup v1 `joining` is its `tasks` file)."""
+    os.write(joining, b"0")
+    os.close(joining)
 
 
 def fork_spare():
@@ -267,7 +268,7 @@ def fork_spare():
 
 
 def reserve(procs):
-    """Keep the cgroup whose cgroup.procs is `procs` for the spare: joined at once by a
+    """Keep the cgroup that `procs` joins for the spare: joined at once by a
     spare that waits outside any, else by the next one forked."""
     global SPARE, RESERVED
     if SPARE is not None and not SPARE[2]:

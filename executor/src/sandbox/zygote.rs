@@ -271,7 +271,7 @@ impl Zygote {
             return Ok(());
         }
         let message = json!({"op": "reserve"}).to_string();
-        self.send(message.as_bytes(), &[cgroup.procs()])?;
+        self.send(message.as_bytes(), &[cgroup.join_fd()])?;
         table.reservation = Some(cgroup);
         Ok(())
     }
@@ -348,7 +348,7 @@ impl Zygote {
             }
         }
         if let Some(cgroup) = &cgroup {
-            fds.push(cgroup.procs());
+            fds.push(cgroup.join_fd());
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let message = match &cgroup {
