@@ -113,8 +113,9 @@ fn populate(dir: &Path, count: usize) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Rounds of the floor and `/run_sh` at c=1 taken in turn, and the length of each: the
-/// c=1 requirement compares them round by round (see [`median_difference`]).
+/// Rounds of the floor and `/run_sh` taken in turn (at c=1 against one spawner, at c=32
+/// against two), and the length of each: the shell requirements compare them round by
+/// round (see [`median_difference`] and [`median_ratio`]).
 const INTERLEAVED_ROUNDS: usize = 8;
 const INTERLEAVED_SLICE: Duration = Duration::from_millis(500);
 /// Requests of each round's `/run_sh` slice before it is measured.
@@ -210,13 +211,28 @@ fn row(
 /// The median of `job - floor` over rounds taken in turn: each round's two cells ran within
 /// a second of each other, so a drift of the host's speed over the run cancels out.
 fn median_difference(pairs: &[(f64, f64)]) -> Option<f64> {
-    let mut differences: Vec<f64> = pairs.iter().map(|(floor, job)| job - floor).collect();
-    differences.sort_by(f64::total_cmp);
-    let middle = differences.len() / 2;
-    match differences.len() {
+    median(pairs.iter().map(|(floor, job)| job - floor).collect())
+}
+
+/// The median of `job / floor`, in percent, over rounds taken in turn (as
+/// [`median_difference`], for throughput).
+fn median_ratio(pairs: &[(f64, f64)]) -> Option<f64> {
+    median(
+        pairs
+            .iter()
+            .filter(|(floor, _)| *floor > 0.0)
+            .map(|(floor, job)| 100.0 * job / floor)
+            .collect(),
+    )
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
         0 => None,
-        n if n % 2 == 1 => Some(differences[middle]),
-        _ => Some((differences[middle - 1] + differences[middle]) / 2.0),
+        n if n % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
     }
 }
 
@@ -819,6 +835,8 @@ fn main() -> Result<(), Failure> {
     let mut checks = Vec::new();
     // (floor p50, `/run_sh` p50) per round, in ms.
     let mut interleaved: Vec<(f64, f64)> = Vec::new();
+    // (two spawners' spawns/s, `/run_sh` c=32 req/s) per round.
+    let mut interleaved_busy: Vec<(f64, f64)> = Vec::new();
     runtime.block_on(async {
         wait_ready(&nox).await?;
         // Warm up: the first Python job starts the zygote.
@@ -860,8 +878,9 @@ fn main() -> Result<(), Failure> {
             rows.push(measured);
         }
         // The floor cell ran a minute before the nox cells, and this host's speed drifts
-        // within a run (floors of 0.54-0.68 ms in three runs of one hour): for the c=1
-        // requirement, the floor and `/run_sh true` again, in turns.
+        // within a run (floors of 0.54-0.68 ms in three runs of one hour; the c=32 share
+        // of one build 51-59 % in two runs of one hour): for the shell requirements, the
+        // floors and `/run_sh true` again, in turns.
         let slice = Settings {
             duration: INTERLEAVED_SLICE,
             pause: Duration::ZERO,
@@ -879,6 +898,15 @@ fn main() -> Result<(), Failure> {
             let job = load(Endpoint::RunSh, &nox, 1, slice, Arc::clone(&peak)).await?;
             if floor.errors == 0 && job.errors == 0 && job.wrong == 0 {
                 interleaved.push((floor.p50_ms, job.p50_ms));
+            }
+            let floor = tokio::task::spawn_blocking(move || {
+                spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 2, slice)
+            })
+            .await?;
+            let _ = load(Endpoint::RunSh, &nox, 32, WARM_UP, Arc::clone(&peak)).await?;
+            let job = load(Endpoint::RunSh, &nox, 32, slice, Arc::clone(&peak)).await?;
+            if floor.errors == 0 && job.errors == 0 && job.wrong == 0 {
+                interleaved_busy.push((floor.per_second, job.per_second));
             }
         }
         // A workspace as real ones are (a checkout, a virtual environment): the same
@@ -1014,14 +1042,43 @@ fn main() -> Result<(), Failure> {
             over <= 0.4,
         ));
     }
-    if let (Some(f), Some(n)) = (floor("/bin/true", 2), nox_row("POST /run_sh", 32)) {
-        let share = 100.0 * n.per_second / f.per_second;
+    if interleaved_busy.is_empty() {
+        targets.push(Check::new(
+            "shell jobs: `/run_sh true` at c=32, share of the two-spawner floor's throughput"
+                .into(),
+            "no interleaved round ran without an error".into(),
+            "≥ 70 %".into(),
+            false,
+        ));
+    }
+    if let (Some(f), Some(n), Some(share)) = (
+        floor("/bin/true", 2),
+        nox_row("POST /run_sh", 32),
+        median_ratio(&interleaved_busy),
+    ) {
+        let shares: Vec<f64> = interleaved_busy
+            .iter()
+            .map(|(floor, job)| 100.0 * job / floor)
+            .collect();
+        let floors: Vec<f64> = interleaved_busy.iter().map(|pair| pair.0).collect();
+        let jobs: Vec<f64> = interleaved_busy.iter().map(|pair| pair.1).collect();
         targets.push(Check::new(
             "shell jobs: `/run_sh true` at c=32, share of the two-spawner floor's throughput"
                 .into(),
             format!(
-                "{:.0} req/s vs {:.0} spawns/s: {share:.0} %",
-                n.per_second, f.per_second
+                "{share:.0} %, the median over {} rounds of {} ms each taken in turn, nox's after {} ms unmeasured ({:.0}-{:.0} %: {:.0}-{:.0} req/s against {:.0}-{:.0} spawns/s); the cells above, a minute apart: {:.0} req/s vs {:.0} spawns/s, {:.0} %",
+                interleaved_busy.len(),
+                INTERLEAVED_SLICE.as_millis(),
+                WARM_UP.duration.as_millis(),
+                min(&shares),
+                max(&shares),
+                min(&jobs),
+                max(&jobs),
+                min(&floors),
+                max(&floors),
+                n.per_second,
+                f.per_second,
+                100.0 * n.per_second / f.per_second
             ),
             "≥ 70 %".into(),
             share >= 70.0,
@@ -1182,5 +1239,23 @@ mod tests {
         let disturbed = [(0.5, 0.8), (0.5, 2.5), (0.5, 0.9), (0.5, 0.7)];
         let over = median_difference(&disturbed).unwrap();
         assert!((over - 0.35).abs() < 1e-9, "{over}");
+    }
+
+    #[test]
+    fn the_c32_figure_is_the_median_of_the_shares_round_by_round() {
+        assert_eq!(median_ratio(&[]), None);
+        // The floor's throughput drifts by a third over the run, nox's share of it by
+        // less; a round with no floor at all is left out.
+        let drifting = [
+            (3000.0, 1800.0),
+            (2000.0, 1300.0),
+            (0.0, 900.0),
+            (2500.0, 1750.0),
+        ];
+        let share = median_ratio(&drifting).unwrap();
+        assert!((share - 65.0).abs() < 1e-9, "{share}");
+        let disturbed = [(3000.0, 1800.0), (3000.0, 600.0), (3000.0, 2100.0)];
+        let share = median_ratio(&disturbed).unwrap();
+        assert!((share - 60.0).abs() < 1e-9, "{share}");
     }
 }
