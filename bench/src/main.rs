@@ -559,6 +559,27 @@ impl Endpoint {
     }
 }
 
+/// One round taken in turn: `spawners` spawning `/bin/true` for `slice`, then `/run_sh
+/// true` at `concurrency` for `slice`; both rows when neither had an error.
+async fn floor_then_shell(
+    nox: &Nox,
+    spawners: usize,
+    concurrency: usize,
+    slice: Settings,
+    peak: &Arc<[AtomicU64; 2]>,
+) -> Result<Option<(Row, Row)>, Failure> {
+    let floor = tokio::task::spawn_blocking(move || {
+        spawn_floor("floor: spawn /bin/true", "/bin/true", &[], spawners, slice)
+    })
+    .await?;
+    // Unmeasured first: after the floor's slice nox's threads and CPUs are cold, which the
+    // back-to-back cells never are (seen on a quiet host at c=1: +0.48 ms interleaved
+    // against +0.37 from the cells without this, +0.41 against +0.38 with 150 ms of it).
+    let _ = load(Endpoint::RunSh, nox, concurrency, WARM_UP, Arc::clone(peak)).await?;
+    let job = load(Endpoint::RunSh, nox, concurrency, slice, Arc::clone(peak)).await?;
+    Ok((floor.errors == 0 && job.errors == 0 && job.wrong == 0).then_some((floor, job)))
+}
+
 async fn load(
     endpoint: Endpoint,
     nox: &Nox,
@@ -886,26 +907,10 @@ fn main() -> Result<(), Failure> {
             pause: Duration::ZERO,
         };
         for _ in 0..INTERLEAVED_ROUNDS {
-            let floor = tokio::task::spawn_blocking(move || {
-                spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 1, slice)
-            })
-            .await?;
-            // Unmeasured first: after the floor's slice nox's threads and CPUs are cold,
-            // which the back-to-back cell above never is (seen on a quiet host: +0.48 ms
-            // interleaved against +0.37 from the cells without this, +0.41 against +0.38
-            // with 150 ms of it).
-            let _ = load(Endpoint::RunSh, &nox, 1, WARM_UP, Arc::clone(&peak)).await?;
-            let job = load(Endpoint::RunSh, &nox, 1, slice, Arc::clone(&peak)).await?;
-            if floor.errors == 0 && job.errors == 0 && job.wrong == 0 {
+            if let Some((floor, job)) = floor_then_shell(&nox, 1, 1, slice, &peak).await? {
                 interleaved.push((floor.p50_ms, job.p50_ms));
             }
-            let floor = tokio::task::spawn_blocking(move || {
-                spawn_floor("floor: spawn /bin/true", "/bin/true", &[], 2, slice)
-            })
-            .await?;
-            let _ = load(Endpoint::RunSh, &nox, 32, WARM_UP, Arc::clone(&peak)).await?;
-            let job = load(Endpoint::RunSh, &nox, 32, slice, Arc::clone(&peak)).await?;
-            if floor.errors == 0 && job.errors == 0 && job.wrong == 0 {
+            if let Some((floor, job)) = floor_then_shell(&nox, 2, 32, slice, &peak).await? {
                 interleaved_busy.push((floor.per_second, job.per_second));
             }
         }
