@@ -289,6 +289,11 @@ impl Cgroups {
         })
     }
 
+    /// Which hierarchy job cgroups are made in.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
     /// For the layer report.
     pub fn describe(&self) -> String {
         let version = match self.version {
