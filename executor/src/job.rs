@@ -1089,19 +1089,26 @@ mod tests {
         assert!(outcome.timed_out);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn workspace_measurements_run_one_at_a_time_and_one_follows_the_last_request() {
-        use std::sync::Mutex;
-        // Each measurement takes 20 ms and notes when it began and ended.
-        let walks: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+    /// When each measurement began and ended.
+    type Walks = Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>;
+
+    /// Remeasures whose measurement takes `walk` and notes when it began and ended.
+    fn recording(walk: Duration) -> (Arc<Remeasures>, Walks) {
+        let walks = Walks::default();
         let remeasures = Arc::new(Remeasures::new({
             let walks = Arc::clone(&walks);
             move |_| {
                 let begun = Instant::now();
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(walk);
                 walks.lock().unwrap().push((begun, Instant::now()));
             }
         }));
+        (remeasures, walks)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workspace_measurements_run_one_at_a_time_and_one_follows_the_last_request() {
+        let (remeasures, walks) = recording(Duration::from_millis(20));
         let mut last_request = Instant::now();
         for _ in 0..40 {
             last_request = Instant::now();
@@ -1130,12 +1137,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_quick_workspace_is_measured_at_most_every_ten_milliseconds() {
-        use std::sync::Mutex;
-        let walks: Arc<Mutex<Vec<Instant>>> = Arc::default();
-        let remeasures = Arc::new(Remeasures::new({
-            let walks = Arc::clone(&walks);
-            move |_| walks.lock().unwrap().push(Instant::now())
-        }));
+        let (remeasures, walks) = recording(Duration::ZERO);
         // A job ending every 0.5 ms for 100 ms, in two workspaces.
         let begun = Instant::now();
         let mut last_request = begun;
@@ -1155,7 +1157,7 @@ mod tests {
             walks.len()
         );
         assert!(
-            walks.iter().any(|&walk| walk >= last_request),
+            walks.iter().any(|&(begun, _)| begun >= last_request),
             "nothing was measured after the last request"
         );
     }
