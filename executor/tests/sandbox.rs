@@ -911,6 +911,84 @@ async fn a_spare_that_died_is_replaced_by_a_fork_and_the_job_still_runs() {
     assert_eq!(ran.stdout.trim(), next.to_string());
 }
 
+#[tokio::test]
+async fn a_forked_job_inherits_the_filter_of_a_spawner_thread_and_still_leads_its_own_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = own_runner(&dir).await;
+    // Without its spare, the next job forks.
+    let spare = waiting_spare(&runner).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spare),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let woken = spawner_wakeups();
+    let script = "echo $$ $(cut -d' ' -f5 /proc/$$/stat)\n\
+                  grep -E '^(Seccomp|Cpus_allowed_list):' /proc/$$/status\n\
+                  python3 -c 'import os\ntry: os.setpgid(0, 0)\nexcept OSError as e: print(\"setpgid\", e.errno)'";
+    let ran = run_on(runner, job("forked", sh(script), LimitRequest::default())).await;
+    assert_eq!(ran.outcome.status, ExitStatus::Exited(0), "{}", ran.stderr);
+    let mut lines = ran.stdout.lines();
+    let ids: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    assert_ne!(ids[0], spare.to_string(), "the job ran on its spare");
+    assert_eq!(
+        ids[0], ids[1],
+        "the job leads its own process group: {}",
+        ran.stdout
+    );
+    let status = lines.collect::<Vec<_>>().join("\n");
+    assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert_eq!(
+        status_field(&status, "Cpus_allowed_list:"),
+        status_field(&ours, "Cpus_allowed_list:"),
+        "the job runs on every CPU the executor may use, not its spawner's alone"
+    );
+    assert!(status.ends_with("setpgid 1"), "{status}");
+    // The filter is on the spawner threads alone, never on the executor's other threads.
+    let mut spawners = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        if status.is_empty() {
+            continue;
+        }
+        let expected = if comm.trim() == "nox-spawner" {
+            spawners += 1;
+            "2"
+        } else {
+            "0"
+        };
+        assert_eq!(status_field(&status, "Seccomp:"), expected, "thread {comm}");
+    }
+    assert!(spawners > 0, "no spawner thread");
+    assert!(
+        spawner_wakeups() > woken,
+        "no spawner thread cloned the job"
+    );
+}
+
+/// How often this process's spawner threads have slept and woken: each clone they make
+/// wakes one (their thread list is the process's, shared by every runner of these tests).
+fn spawner_wakeups() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|task| task.unwrap().path())
+        .filter(|path| {
+            std::fs::read_to_string(path.join("comm"))
+                .is_ok_and(|comm| comm.trim() == "nox-spawner")
+        })
+        .map(|path| {
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            status_field(&status, "voluntary_ctxt_switches:")
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 /// Children of `pid`, from /proc.
 fn children_of(pid: i32) -> Vec<i32> {
     let mut children = Vec::new();

@@ -19,6 +19,7 @@ pub mod reaper;
 pub mod seccomp;
 pub mod spare;
 pub mod spawn;
+pub mod spawner;
 pub mod zygote;
 
 use std::io;
@@ -289,6 +290,9 @@ pub struct Sandbox {
     /// A process waiting in its pids cgroup for the next job (see [`spare`]), when jobs
     /// have cgroups.
     spares: Option<spare::Spares>,
+    /// Threads carrying the job filter, from which forked jobs inherit it (see
+    /// [`spawner`]), when there is a filter.
+    spawners: Option<Arc<spawner::Spawners>>,
     /// The process limit of a job that asks for none (the ceiling): what a cgroup made
     /// ahead of its job holds.
     default_processes: u64,
@@ -345,10 +349,20 @@ impl Sandbox {
             zygote_dir: probe_dir.to_path_buf(),
             zygote: std::sync::Mutex::new(None),
             spares: None,
+            spawners: None,
             default_processes: config.limits.processes,
             dispositions: spawn::Dispositions::of_this_process(),
             views,
         };
+        // Before the probe job, which then starts as every forked job will.
+        if let Some(program) = &sandbox.seccomp {
+            match spawner::Spawners::global(program) {
+                Ok(spawners) => sandbox.spawners = Some(spawners),
+                Err(error) => {
+                    tracing::warn!(%error, "no spawner threads: forked jobs load the filter");
+                }
+            }
+        }
         let probe_failure = sandbox.probe(config, probe_dir).err();
         sandbox.layers = sandbox.assess_layers(probe_failure.as_deref());
         if let Ok(cgroups) = &sandbox.cgroups {
@@ -578,7 +592,7 @@ impl Sandbox {
             dispositions: &self.dispositions,
             direct,
         };
-        spawn::spawn(plan, &self.reaper, spare)
+        spawn::spawn(plan, &self.reaper, spare, self.spawners.as_deref())
     }
 
     /// Start a Python job on the warm path: forked from the zygote (started on first use,

@@ -21,6 +21,15 @@
 //! A job may instead start on a spare (see `spare`): a child cloned earlier that took the
 //! first three steps (signals, process group, cgroup) while no job waited, and takes the
 //! rest ([`enter_job`]) in the same order once it has the job's plan and descriptors.
+//!
+//! Without a spare, the child is cloned by a spawner thread when there is one (see
+//! `spawner`): `CLONE_VM` without `CLONE_VFORK` (this thread waits on the setup pipe
+//! instead), and the job filter comes with the clone rather than last. Like a spare, which
+//! loads the filter before its job's steps, it then takes every step under the filter: the
+//! filter allows each of them (the spare path and the probe job prove it), and it denies
+//! `setpgid`, so the executor makes the child its group's leader and the child waits for
+//! that before its exec; after its signals it checks that it has the filter and takes back
+//! every CPU the executor may use from its spawner's one.
 
 use std::ffi::CString;
 use std::io::{self, Write};
@@ -35,6 +44,7 @@ use tokio::sync::oneshot;
 
 use super::reaper::{ExitReport, Reaper};
 use super::spare::Spare;
+use super::spawner::{Group, Spawners};
 use super::{SandboxError, Step};
 
 /// What to start, decided by the job runner.
@@ -315,6 +325,7 @@ pub fn spawn(
     mut plan: ChildPlan<'_>,
     reaper: &Reaper,
     mut spare: Option<Spare>,
+    spawners: Option<&Spawners>,
 ) -> Result<SpawnedJob, SandboxError> {
     let (error_read, error_write) = pipe_high().map_err(SandboxError::Pipe)?;
     let (stdin_read, stdin_write) = pipe_high().map_err(SandboxError::Pipe)?;
@@ -347,6 +358,12 @@ pub fn spawn(
         .as_ref()
         .map(|direct| null_terminated(&direct.envp));
     let namespaces = plan.view.and_then(|view| view.namespaces);
+    // Without a spare, a spawner thread carrying the job's filter clones the child, which
+    // inherits the filter instead of loading it (see `spawner`).
+    let spawners = spawners.filter(|spawners| {
+        spare.is_none() && plan.seccomp.is_some_and(|program| spawners.carry(program))
+    });
+    let group = Group::default();
     let raw = RawPlan {
         program: plan.program.as_ptr(),
         argv: argv_ptrs.as_ptr(),
@@ -366,7 +383,14 @@ pub fn spawn(
         view: plan.view.map_or(-1, |view| view.root.as_raw_fd()),
         view_user: namespaces.map_or(-1, |(user, _)| user.as_raw_fd()),
         view_net: namespaces.map_or(-1, |(_, net)| net.as_raw_fd()),
-        seccomp: plan.seccomp.map(fprog),
+        seccomp: match spawners {
+            Some(_) => None,
+            None => plan.seccomp.map(fprog),
+        },
+        launched: spawners.map(|spawners| Launched {
+            group: &group,
+            cpus: spawners.cpus(),
+        }),
         error_fd: error_write.as_raw_fd(),
         dispositions: plan.dispositions,
         direct_paths: &direct_paths,
@@ -392,12 +416,30 @@ pub fn spawn(
         None => {
             let ticket = reaper.begin_spawn();
             // The child's own stack: it shares our memory (CLONE_VM) until it execs, and
-            // this thread is suspended until then (CLONE_VFORK), so the thread's stack is
-            // free again when clone returns. Kept per thread: a fresh one per job cost a
-            // 256 KiB memset.
-            let pid = CHILD_STACKS.with(|stack| clone_vfork(&raw, &mut stack.borrow_mut()));
+            // this thread waits until then — suspended by the clone (CLONE_VFORK), or on
+            // the setup pipe below for a spawner's child — so the stack is free again once
+            // the pipe says so. Kept per thread: a fresh one per job cost a 256 KiB memset.
+            let pid = CHILD_STACKS.with(|stack| {
+                let stack = &mut stack.borrow_mut();
+                match spawners {
+                    // SAFETY: the child reads only `raw`, which lives in this frame, and
+                    // runs on this thread's stack, which is not used again until the child
+                    // has exec'd or exited (the setup pipe below says when).
+                    Some(spawners) => unsafe {
+                        spawners.clone_child(
+                            raw_child_main,
+                            std::ptr::from_ref(&raw).cast_mut().cast(),
+                            stack,
+                        )
+                    },
+                    None => clone_vfork(&raw, stack),
+                }
+            });
             if pid < 0 {
                 return Err(SandboxError::Fork(io::Error::last_os_error()));
+            }
+            if spawners.is_some() {
+                group.lead(pid);
             }
             (pid, ticket.watch(pid), None)
         }
@@ -412,6 +454,13 @@ pub fn spawn(
         (Ok(_), Some(memory)) => drop(memory),
         // Whether it still does is unknown: its memory must stay.
         (Err(_), Some(memory)) => std::mem::forget(memory),
+        // So must a spawner's child's stack: this thread's next child gets a new one.
+        (Err(_), None) if spawners.is_some() => CHILD_STACKS.with(|stack| {
+            std::mem::forget(std::mem::replace(
+                &mut *stack.borrow_mut(),
+                vec![0u8; CHILD_STACK],
+            ));
+        }),
         (_, None) => {}
     }
     match report {
@@ -446,24 +495,26 @@ thread_local! {
 /// executor's threads; this thread is suspended until the child execs or exits. Returns
 /// the child's pid, or -1 with errno set.
 fn clone_vfork(plan: &RawPlan<'_>, stack: &mut [u8]) -> libc::pid_t {
-    extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
-        // SAFETY: `arg` is the `&RawPlan` passed to clone below, alive in the suspended
-        // parent's frame until the child execs or exits.
-        let plan = unsafe { &*arg.cast::<RawPlan<'_>>() };
-        // SAFETY: we are the new child, sharing the parent's memory; child_main only makes
-        // system calls on prepared data and writes only to this stack.
-        unsafe { child_main(plan) }
-    }
-    // SAFETY: `trampoline` reads only `plan`, which lives in this frame until the child
-    // has exec'd or exited (CLONE_VFORK suspends us until then).
+    // SAFETY: `raw_child_main` reads only `plan`, which lives in this frame until the
+    // child has exec'd or exited (CLONE_VFORK suspends us until then).
     unsafe {
         clone_on(
-            trampoline,
+            raw_child_main,
             stack,
             libc::CLONE_VM | libc::CLONE_VFORK,
             std::ptr::from_ref(plan).cast_mut().cast(),
         )
     }
+}
+
+/// [`child_main`] as `clone` runs it: `arg` is the child's `&RawPlan`.
+pub(super) extern "C" fn raw_child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: whoever cloned us passed a `&RawPlan` that stays valid until we exec or exit
+    // (`clone_vfork`, `Spawners::clone_child`).
+    let plan = unsafe { &*arg.cast::<RawPlan<'_>>() };
+    // SAFETY: we are the new child, sharing the parent's memory; child_main only makes
+    // system calls on prepared data and writes only to this stack.
+    unsafe { child_main(plan) }
 }
 
 /// `clone(flags | SIGCHLD)` running `child(arg)` on `stack`, with every signal blocked in
@@ -554,14 +605,27 @@ pub(super) struct RawPlan<'a> {
     /// neither, but a spare has entered the user namespace already).
     pub(super) view_user: RawFd,
     pub(super) view_net: RawFd,
-    /// `None` when the child has it already (a spare loads it while it waits).
+    /// `None` when the child has it already (a spare loads it while it waits, a spawner's
+    /// child inherits it).
     pub(super) seccomp: Option<libc::sock_fprog>,
+    /// Set for a child of a spawner thread.
+    pub(super) launched: Option<Launched<'a>>,
     pub(super) error_fd: RawFd,
     dispositions: &'a Dispositions,
     /// Paths tried with `direct_argv` and `direct_envp` before `program` (empty: none).
     direct_paths: &'a [*const libc::c_char],
     direct_argv: *const *const libc::c_char,
     direct_envp: *const *const libc::c_char,
+}
+
+/// What a child of a spawner thread (see `spawner`) does differently.
+#[derive(Clone, Copy)]
+pub(super) struct Launched<'a> {
+    /// The executor makes the child its group's leader; the child waits for it before its
+    /// exec.
+    group: &'a Group,
+    /// The CPUs it takes back from its spawner's one.
+    cpus: &'a libc::cpu_set_t,
 }
 
 /// `struct __user_cap_header_struct`.
@@ -718,8 +782,25 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
         if !unblock_signals() {
             fail(plan.error_fd, Step::Signals);
         }
-        if libc::setpgid(0, 0) != 0 {
-            fail(plan.error_fd, Step::ProcessGroup);
+        match plan.launched {
+            None => {
+                if libc::setpgid(0, 0) != 0 {
+                    fail(plan.error_fd, Step::ProcessGroup);
+                }
+            }
+            // A spawner's child: its filter came with the clone (it must never run without
+            // one), its process group comes from the executor (see `spawner`), and it
+            // runs on every CPU the executor may use, not only its spawner's.
+            Some(launched) => {
+                if libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) != 2 {
+                    fail(plan.error_fd, Step::Seccomp);
+                }
+                if libc::sched_setaffinity(0, std::mem::size_of_val(launched.cpus), launched.cpus)
+                    != 0
+                {
+                    fail(plan.error_fd, Step::Cpus);
+                }
+            }
         }
         // Into the job's pids cgroup ("0": this process) while still the only process.
         if plan.cgroup_join >= 0 && libc::write(plan.cgroup_join, c"0".as_ptr().cast(), 1) != 1 {
@@ -876,6 +957,13 @@ pub(super) unsafe fn enter_job(plan: &RawPlan<'_>) -> ! {
             ) != 0
         {
             fail(Step::Seccomp);
+        }
+        // A spawner's child leads its own process group before anything of the job runs.
+        if let Some(launched) = plan.launched
+            && let Err(errno) = launched.group.wait()
+        {
+            *libc::__errno_location() = errno;
+            fail(Step::ProcessGroup);
         }
         // A plain shell command: its program, found as the shell would; a path that does
         // not exec leaves this process as it was, and the shell runs the command after all.

@@ -218,7 +218,7 @@ impl Zygote {
             dispositions: &sandbox.dispositions,
             direct: None,
         };
-        let spawned = spawn::spawn(plan, &sandbox.reaper, None)?;
+        let spawned = spawn::spawn(plan, &sandbox.reaper, None, None)?;
         let pid = spawned.pid;
         forward_diagnostics(spawned);
 
