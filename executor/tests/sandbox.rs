@@ -244,9 +244,9 @@ async fn jobs_and_spares_have_every_signal_at_its_default_though_the_executor_do
     let dir = tempfile::tempdir().unwrap();
     let runner = own_runner(&dir).await;
     let defaults = "SigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\n";
-    // The waiting spare, not exec'd yet, has reset them already (before its filter).
+    // The waiting spare, not exec'd yet, has reset them already.
     let spare = waiting_spare(&runner).await;
-    wait_until_filtered(spare).await;
+    wait_until_waiting(spare).await;
     let status = std::fs::read_to_string(format!("/proc/{spare}/status")).unwrap();
     let signals: String = status
         .lines()
@@ -756,9 +756,11 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
     let runner = own_runner(&dir).await;
     let spare = waiting_spare(&runner).await;
     wait_until_joined(spare).await;
-    // Filtered, it has closed the file that joins its cgroup too (see the test below).
-    wait_until_filtered(spare).await;
+    wait_until_waiting(spare).await;
     assert_holds_nothing_of_ours(spare);
+    // The leader of its own process group, though the filter it inherited denies setpgid
+    // (the executor made it the leader).
+    assert_eq!(process_group_of(spare), spare);
     let limits = LimitRequest {
         max_processes: Some(9),
         ..LimitRequest::default()
@@ -793,7 +795,8 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
     // the job's reach; the emptied cgroup keeps it until another job or spare takes it).
     let max = std::fs::read_to_string(std::path::Path::new(lines[7]).join("pids.max")).unwrap();
     assert_eq!(max.trim(), "9", "{}", ran.stdout);
-    // The filter the spare loaded while it waited, once: not a second copy on top.
+    // The filter the spare has (inherited from a spawner thread), once: not a second copy
+    // on top.
     assert_eq!(lines[8], "Seccomp_filters:\t1", "{}", ran.stdout);
     // Pinned to the executor's CPU to be woken there, it took back every CPU it had.
     let ours = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -806,8 +809,21 @@ async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing
     assert_eq!(cpus(lines[9]), cpus(&ours), "{}", ran.stdout);
 }
 
-/// After its cgroup, a spare loads the job's seccomp filter (with `no_new_privs`) and only
-/// then waits: a job handed to it does not pay for the load.
+/// Once a spare waits for its job (blocked receiving it), it has the job's seccomp filter,
+/// inherited from a spawner thread: a job handed to it does not pay for a load.
+async fn wait_until_waiting(spare: i32) {
+    for _ in 0..500 {
+        // The system call it is blocked in, first (as root, or as its owner).
+        let call = std::fs::read_to_string(format!("/proc/{spare}/syscall")).unwrap();
+        if call.split(' ').next() == Some(&libc::SYS_recvmsg.to_string()) {
+            return wait_until_filtered(spare).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the spare {spare} does not wait for a job after 5 s");
+}
+
+/// A process with the job's seccomp filter (with `no_new_privs`), once it has it.
 async fn wait_until_filtered(spare: i32) {
     for _ in 0..500 {
         let status = std::fs::read_to_string(format!("/proc/{spare}/status")).unwrap();
@@ -877,10 +893,10 @@ async fn a_spare_cloned_while_we_hold_descriptors_keeps_none_of_them() {
     let next = waiting_spare(&runner).await;
     assert_ne!(next, first);
     wait_until_joined(next).await;
-    // Joined, it closes the file that joins its cgroup, then loads the filter: once filtered
-    // it holds only what it keeps while it waits (seen joined but not yet filtered, on a
-    // busy machine, it still held that descriptor).
-    wait_until_filtered(next).await;
+    // Joined, it closes the file that joins its cgroup: once it waits for its job it holds
+    // only what it keeps meanwhile (seen joined but not yet waiting, on a busy machine, it
+    // still held that descriptor).
+    wait_until_waiting(next).await;
     assert_holds_nothing_of_ours(next);
     nix::unistd::close(high).unwrap();
     drop((read, write));
@@ -987,6 +1003,14 @@ fn spawner_wakeups() -> u64 {
                 .unwrap_or(0)
         })
         .sum()
+}
+
+/// The process group of `pid`, from /proc.
+fn process_group_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name in parentheses: state, ppid, pgrp.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(2).unwrap().parse().unwrap()
 }
 
 /// Children of `pid`, from /proc.

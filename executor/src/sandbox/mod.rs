@@ -370,7 +370,11 @@ impl Sandbox {
                 sandbox.reaper.clone(),
                 cgroups.clone(),
                 sandbox.default_processes,
-                sandbox.seccomp.clone(),
+                match (&sandbox.spawners, &sandbox.seccomp) {
+                    (Some(spawners), _) => spare::SpareFilter::Inherit(Arc::clone(spawners)),
+                    (None, Some(program)) => spare::SpareFilter::Load(program.clone()),
+                    (None, None) => spare::SpareFilter::None,
+                },
                 sandbox.dispositions,
                 running,
                 sandbox

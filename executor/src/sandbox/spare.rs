@@ -9,8 +9,8 @@
 //! cgroup from the pool (paying the wait, if any, on nobody's time) and blocks; a job hands
 //! it its plan and descriptors and it goes on with the usual steps from stdio to exec
 //! ([`enter_job`]). On cgroup v1 a job now joins through `tasks`, which skips that lock
-//! (see `super::cgroup`), so there the spare saves the rest: its clone, the seccomp load
-//! and the user namespace below. The kernel also offers `favordynmods` (a host-wide mount
+//! (see `super::cgroup`), so there the spare saves the rest: its clone and the user
+//! namespace below. The kernel also offers `favordynmods` (a host-wide mount
 //! option, documented to make forks and exits dearer, that on 6.18 cannot be turned off
 //! again) and, on cgroup v2 only, `CLONE_INTO_CGROUP`; the spare needs neither.
 //!
@@ -25,9 +25,12 @@
 //! spare or died — makes it exit. A spare that could not set itself up says which step
 //! failed on the socket and exits; [`Spare::check`] finds that before a job is handed to it.
 //!
-//! The spare also loads the job's seccomp filter while it waits (after its `setpgid`, the
-//! one call of its own the filter denies): loading is one of the dearest steps of a start
-//! (the kernel checks and compiles the program), and a job handed to a spare skips it.
+//! The spare has the job's seccomp filter before it waits, so a job handed to it never
+//! loads one (the load is one of the dearest steps of a start: the kernel checks and
+//! compiles the program, and frees it again at the exit). It inherits the filter from the
+//! spawner thread that clones it (see `super::spawner`), which also means that the
+//! executor makes it its group's leader (the filter denies `setpgid`); without spawner
+//! threads it loads the filter itself, after its `setpgid`.
 //!
 //! A job handed to a spare wakes it on the CPU that hands it over: the spare is pinned
 //! there first and takes back every CPU the executor has once awake. Left to itself the
@@ -63,6 +66,7 @@ use super::spawn::{
     CHILD_STACK, Dispositions, INHERIT_FLOOR, MAX_INHERITED, RawPlan, clone_on, enter_job, fail,
     fprog, raise_fd, unblock_signals,
 };
+use super::spawner::{Group, Spawners};
 
 /// Descriptors a job hands its spare: error pipe, stdin, stdout, stderr, working
 /// directory, Landlock ruleset, view (root, user and network namespaces), and the
@@ -100,6 +104,10 @@ struct SpareStart {
     /// The views' user namespace, which it enters while it waits (the dear part of
     /// entering a view: see `crate::views`), or -1.
     user_namespace: RawFd,
+    /// Cloned by a spawner thread: it has the filter from its clone, and the executor makes
+    /// it its group's leader through `group` (see `super::spawner`).
+    inherited: bool,
+    group: Group,
 }
 
 /// Memory a spare runs on or reads: freed only once it has exec'd or exited (its stack
@@ -154,6 +162,13 @@ impl std::fmt::Debug for Spare {
 impl Spare {
     /// Clone a spare that joins `cgroup`, loads the filter `made` names and waits.
     fn fork(reaper: &Reaper, cgroup: Option<JobCgroup>, made: &Made) -> io::Result<Spare> {
+        // From a spawner thread carrying the job filter, when there is one: the spare then
+        // inherits the filter rather than loading it.
+        let spawners = made.spawners.as_deref().filter(|spawners| {
+            made.seccomp
+                .as_deref()
+                .is_some_and(|program| spawners.carry(program))
+        });
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -168,14 +183,19 @@ impl Spare {
             user_namespace: made.user_namespace.unwrap_or(-1),
             dispositions: made.dispositions,
             cpus: made.cpus,
+            inherited: spawners.is_some(),
+            group: Group::default(),
         });
         // A kept stack, or a new one zeroed by the allocator (fresh pages), not by a memset.
         let kept = STACKS.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut stack = kept.unwrap_or_else(|| vec![0u8; CHILD_STACK].into_boxed_slice());
         let ticket = reaper.begin_spawn();
-        let pid = clone_spare(&start, &mut stack);
+        let pid = clone_spare(&start, &mut stack, spawners);
         if pid < 0 {
             return Err(io::Error::last_os_error());
+        }
+        if spawners.is_some() {
+            start.group.lead(pid);
         }
         let exit = ticket.watch(pid);
         drop(theirs);
@@ -304,8 +324,9 @@ impl Drop for Spare {
 }
 
 /// Clone the spare: `CLONE_VM` on `stack`, every signal blocked across the clone (and in
-/// the spare until it has a job). Returns its pid, or -1 with errno set.
-fn clone_spare(start: &SpareStart, stack: &mut [u8]) -> libc::pid_t {
+/// the spare until it has a job), from a spawner thread when given one. Returns its pid,
+/// or -1 with errno set.
+fn clone_spare(start: &SpareStart, stack: &mut [u8], spawners: Option<&Spawners>) -> libc::pid_t {
     extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `arg` is the boxed `SpareStart` passed to clone below, kept alive with
         // the stack until the spare has exec'd or exited.
@@ -314,15 +335,14 @@ fn clone_spare(start: &SpareStart, stack: &mut [u8]) -> libc::pid_t {
         // makes system calls on its own descriptors and writes only to this stack.
         unsafe { spare_main(start) }
     }
+    let arg = std::ptr::from_ref(start).cast_mut().cast();
     // SAFETY: `trampoline` reads only `start`, boxed and kept with the stack in the
     // `Spare` until the spare has exec'd or exited.
     unsafe {
-        clone_on(
-            trampoline,
-            stack,
-            libc::CLONE_VM,
-            std::ptr::from_ref(start).cast_mut().cast(),
-        )
+        match spawners {
+            Some(spawners) => spawners.clone_child(trampoline, arg, stack),
+            None => clone_on(trampoline, stack, libc::CLONE_VM, arg),
+        }
     }
 }
 
@@ -359,8 +379,20 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
         }
         libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
         start.dispositions.reset();
-        if libc::setpgid(0, 0) != 0 {
-            report(Step::ProcessGroup);
+        if !start.inherited {
+            if libc::setpgid(0, 0) != 0 {
+                report(Step::ProcessGroup);
+            }
+        } else {
+            // A spawner's child: the filter came with the clone (never run without it) and
+            // the executor makes it its group's leader (the filter denies setpgid).
+            if libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) != 2 {
+                report(Step::Seccomp);
+            }
+            if let Err(errno) = start.group.wait() {
+                *libc::__errno_location() = errno;
+                report(Step::ProcessGroup);
+            }
         }
         if start.cgroup_join >= 0 {
             if libc::write(start.cgroup_join, c"0".as_ptr().cast(), 1) != 1 {
@@ -382,6 +414,7 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
         // makes no call the filter denies: setpgid, the one it would, is behind us.
         let loaded = start.seccomp.as_deref().map(fprog);
         if let Some(program) = &loaded
+            && !start.inherited
             && (libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
                 || libc::syscall(
                     libc::SYS_seccomp,
@@ -528,6 +561,16 @@ unsafe fn same_program(a: &libc::sock_fprog, b: &libc::sock_fprog) -> bool {
     a.len == b.len && unsafe { libc::memcmp(a.filter.cast(), b.filter.cast(), size) } == 0
 }
 
+/// The job filter a spare has before its job.
+#[derive(Debug)]
+pub enum SpareFilter {
+    None,
+    /// Loaded by the spare while it waits.
+    Load(BpfProgram),
+    /// Inherited from the spawner thread that clones it.
+    Inherit(Arc<Spawners>),
+}
+
 /// Keeps one spare waiting, made on a thread of its own.
 #[derive(Debug)]
 pub struct Spares {
@@ -559,11 +602,16 @@ impl Spares {
         reaper: Reaper,
         cgroups: Cgroups,
         max_processes: u64,
-        seccomp: Option<BpfProgram>,
+        filter: SpareFilter,
         dispositions: Dispositions,
         running: Arc<AtomicU32>,
         user_namespace: Option<RawFd>,
     ) -> io::Result<Spares> {
+        let (seccomp, spawners) = match filter {
+            SpareFilter::None => (None, None),
+            SpareFilter::Load(program) => (Some(program), None),
+            SpareFilter::Inherit(spawners) => (Some(spawners.program().clone()), Some(spawners)),
+        };
         let shared = Arc::new(Shared::default());
         let thread_shared = Arc::clone(&shared);
         let made = Made {
@@ -573,6 +621,7 @@ impl Spares {
             dispositions,
             cpus: own_cpus(),
             user_namespace,
+            spawners,
         };
         std::thread::Builder::new()
             .name("nox-spares".into())
@@ -635,6 +684,8 @@ struct Made {
     cpus: Option<libc::cpu_set_t>,
     /// The views' user namespace (see [`SpareStart`]); the executor keeps it open.
     user_namespace: Option<RawFd>,
+    /// The threads a spare is cloned from, to inherit `seccomp` (see `super::spawner`).
+    spawners: Option<Arc<Spawners>>,
 }
 
 /// `running`: the executor's count of running jobs.

@@ -130,6 +130,11 @@ impl Spawners {
         self.program == *program
     }
 
+    /// The filter a child cloned here has.
+    pub fn program(&self) -> &BpfProgram {
+        &self.program
+    }
+
     /// The CPUs the child takes back.
     pub fn cpus(&self) -> &libc::cpu_set_t {
         &self.cpus
