@@ -902,10 +902,10 @@ async fn a_spare_cloned_while_we_hold_descriptors_keeps_none_of_them() {
     drop((read, write));
 }
 
-#[tokio::test]
-async fn a_spare_that_died_is_replaced_by_a_fork_and_the_job_still_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let runner = own_runner(&dir).await;
+/// A runner of its own whose waiting spare (the pid returned) was killed: its next job
+/// forks.
+async fn runner_whose_spare_died(dir: &tempfile::TempDir) -> (Arc<JobRunner>, i32) {
+    let runner = own_runner(dir).await;
     let spare = waiting_spare(&runner).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(spare),
@@ -913,6 +913,13 @@ async fn a_spare_that_died_is_replaced_by_a_fork_and_the_job_still_runs() {
     )
     .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    (runner, spare)
+}
+
+#[tokio::test]
+async fn a_spare_that_died_is_replaced_by_a_fork_and_the_job_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, spare) = runner_whose_spare_died(&dir).await;
     let ran = run_on(
         Arc::clone(&runner),
         job("after-kill", sh("echo $$"), LimitRequest::default()),
@@ -930,15 +937,8 @@ async fn a_spare_that_died_is_replaced_by_a_fork_and_the_job_still_runs() {
 #[tokio::test]
 async fn a_forked_job_inherits_the_filter_of_a_spawner_thread_and_still_leads_its_own_group() {
     let dir = tempfile::tempdir().unwrap();
-    let runner = own_runner(&dir).await;
     // Without its spare, the next job forks.
-    let spare = waiting_spare(&runner).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(spare),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (runner, spare) = runner_whose_spare_died(&dir).await;
     let woken = spawner_wakeups();
     let script = "echo $$ $(cut -d' ' -f5 /proc/$$/stat)\n\
                   grep -E '^(Seccomp|Cpus_allowed_list):' /proc/$$/status\n\

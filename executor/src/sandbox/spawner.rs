@@ -24,10 +24,12 @@
 //! child it clones itself; the child runs `CLONE_VM` on that stack meanwhile. Each spawner
 //! is pinned to its CPU, and a worker asks the one of the CPU it is running on: the
 //! hand-over wakes a thread on the same CPU, never the other, idle one (waking an idle
-//! virtual CPU costs tens of microseconds here). One spawner for every CPU made jobs
-//! slower than loading the filter (-8 % at c=32), one per CPU faster (+21.8 %, 8 of 8
-//! interleaved pairs). The child starts on that CPU and takes back every CPU the executor
-//! has first thing.
+//! virtual CPU costs tens of microseconds here). A single spawner for all CPUs made jobs
+//! slower than loading the filter (-8 % at c=32); one per CPU, faster (+21.8 % in the
+//! first trial, +13.0 % as built; 8 of 8 interleaved pairs each). The child starts on its
+//! spawner's CPU and takes back every CPU the executor may use right after its signals.
+//! A spawner that could not load the filter ends, and no job is cloned from it: the
+//! sandbox then has no spawners, and forked jobs load the filter themselves.
 
 use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
