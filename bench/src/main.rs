@@ -792,9 +792,44 @@ fn overload_only(
     Ok(())
 }
 
+const USAGE: &str = "usage: nox-bench [SECONDS [overload]]
+  SECONDS   per cell (default 3)
+  overload  only the overload cells, on a nox with the default job queue";
+
+/// What the command line asks for: seconds per cell, and whether only the overload cells.
+/// `Ok(None)` for `-h`/`--help`.
+fn parse_args(args: &[String]) -> Result<Option<(f64, bool)>, String> {
+    match args {
+        [] => Ok(Some((3.0, false))),
+        [help, ..] if help == "-h" || help == "--help" => Ok(None),
+        [seconds, rest @ ..] => {
+            let seconds: f64 = seconds
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| format!("SECONDS must be a positive number, not {seconds:?}"))?;
+            match rest {
+                [] => Ok(Some((seconds, false))),
+                [only] if only == "overload" => Ok(Some((seconds, true))),
+                _ => Err(format!("unexpected arguments {rest:?}")),
+            }
+        }
+    }
+}
+
 fn main() -> Result<(), Failure> {
-    let args: Vec<String> = std::env::args().collect();
-    let seconds: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3.0);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (seconds, overload) = match parse_args(&args) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Err(problem) => {
+            eprintln!("nox-bench: {problem}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let settings = Settings {
         duration: Duration::from_secs_f64(seconds),
         pause: Duration::ZERO,
@@ -819,7 +854,7 @@ fn main() -> Result<(), Failure> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    if args.get(2).map(String::as_str) == Some("overload") {
+    if overload {
         return overload_only(&bin, &runtime, settings.duration);
     }
 
@@ -1231,6 +1266,27 @@ fn main() -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_takes_seconds_and_overload_and_refuses_anything_else() {
+        let parse =
+            |args: &[&str]| parse_args(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>());
+        assert_eq!(parse(&[]), Ok(Some((3.0, false))));
+        assert_eq!(parse(&["1.5"]), Ok(Some((1.5, false))));
+        assert_eq!(parse(&["2", "overload"]), Ok(Some((2.0, true))));
+        assert_eq!(parse(&["--help"]), Ok(None));
+        assert_eq!(parse(&["-h", "3"]), Ok(None));
+        for bad in [
+            &["--verbose"][..],
+            &["0"],
+            &["-1"],
+            &["nan"],
+            &["3", "all"],
+            &["3", "overload", "x"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_c1_figure_is_the_median_of_the_differences_round_by_round() {
