@@ -478,7 +478,18 @@ impl Sandbox {
                         None => (false, "not available in this kernel".into()),
                     },
                     Layer::Seccomp => match &self.seccomp {
-                        Some(program) => (probe_ok, format!("{} instructions", program.len())),
+                        Some(program) => (
+                            probe_ok,
+                            format!(
+                                "{} instructions, {}",
+                                program.len(),
+                                if self.spawners.is_some() {
+                                    "inherited by each job from a spawner thread (one per CPU)"
+                                } else {
+                                    "loaded by each job"
+                                }
+                            ),
+                        ),
                         None => (false, self.seccomp_error.clone().unwrap_or_default()),
                     },
                     Layer::CleanEnvironment => (probe_ok, "allowlisted variables only".into()),

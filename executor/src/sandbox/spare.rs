@@ -160,7 +160,8 @@ impl std::fmt::Debug for Spare {
 }
 
 impl Spare {
-    /// Clone a spare that joins `cgroup`, loads the filter `made` names and waits.
+    /// Clone a spare that joins `cgroup`, has the filter `made` names (inherited from a
+    /// spawner thread, or loaded) and waits.
     fn fork(reaper: &Reaper, cgroup: Option<JobCgroup>, made: &Made) -> io::Result<Spare> {
         // From a spawner thread carrying the job filter, when there is one: the spare then
         // inherits the filter rather than loading it.
