@@ -195,6 +195,7 @@ impl Spare {
         if pid < 0 {
             return Err(io::Error::last_os_error());
         }
+        // Still our spare's pid, even if it died: the ticket holds the reaper back.
         if spawners.is_some() {
             start.group.lead(pid);
         }

@@ -438,6 +438,8 @@ pub fn spawn(
             if pid < 0 {
                 return Err(SandboxError::Fork(io::Error::last_os_error()));
             }
+            // `pid` is still our child's even if it has died already: the reaper holds an
+            // unknown exited pid back while a spawn's ticket is in flight (see `reaper`).
             if spawners.is_some() {
                 group.lead(pid);
             }
