@@ -217,13 +217,16 @@ fn median_difference(pairs: &[(f64, f64)]) -> Option<f64> {
 /// The median of `job / floor`, in percent, over rounds taken in turn (as
 /// [`median_difference`], for throughput).
 fn median_ratio(pairs: &[(f64, f64)]) -> Option<f64> {
-    median(
-        pairs
-            .iter()
-            .filter(|(floor, _)| *floor > 0.0)
-            .map(|(floor, job)| 100.0 * job / floor)
-            .collect(),
-    )
+    median(shares(pairs))
+}
+
+/// `job / floor` of each round, in percent (rounds without a floor left out).
+fn shares(pairs: &[(f64, f64)]) -> Vec<f64> {
+    pairs
+        .iter()
+        .filter(|(floor, _)| *floor > 0.0)
+        .map(|(floor, job)| 100.0 * job / floor)
+        .collect()
 }
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
@@ -1096,10 +1099,7 @@ fn main() -> Result<(), Failure> {
         nox_row("POST /run_sh", 32),
         median_ratio(&interleaved_busy),
     ) {
-        let shares: Vec<f64> = interleaved_busy
-            .iter()
-            .map(|(floor, job)| 100.0 * job / floor)
-            .collect();
+        let shares = shares(&interleaved_busy);
         let floors: Vec<f64> = interleaved_busy.iter().map(|pair| pair.0).collect();
         let jobs: Vec<f64> = interleaved_busy.iter().map(|pair| pair.1).collect();
         targets.push(Check::new(
