@@ -163,13 +163,9 @@ impl Spare {
     /// Clone a spare that joins `cgroup`, has the filter `made` names (inherited from a
     /// spawner thread, or loaded) and waits.
     fn fork(reaper: &Reaper, cgroup: Option<JobCgroup>, made: &Made) -> io::Result<Spare> {
-        // From a spawner thread carrying the job filter, when there is one: the spare then
-        // inherits the filter rather than loading it.
-        let spawners = made.spawners.as_deref().filter(|spawners| {
-            made.seccomp
-                .as_deref()
-                .is_some_and(|program| spawners.carry(program))
-        });
+        // From a spawner thread when there are spawners (their filter is `made.seccomp`):
+        // the spare then inherits the filter rather than loading it.
+        let spawners = made.spawners.as_deref();
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -686,7 +682,8 @@ struct Made {
     cpus: Option<libc::cpu_set_t>,
     /// The views' user namespace (see [`SpareStart`]); the executor keeps it open.
     user_namespace: Option<RawFd>,
-    /// The threads a spare is cloned from, to inherit `seccomp` (see `super::spawner`).
+    /// The threads a spare is cloned from, to inherit `seccomp`, which is then their
+    /// filter (see `super::spawner` and [`SpareFilter::Inherit`]).
     spawners: Option<Arc<Spawners>>,
 }
 

@@ -267,21 +267,21 @@ def fork_spare():
     SPARE = (pid, ours, reserved is not None)
 
 
-def reserve(procs):
-    """Keep the cgroup that `procs` joins for the spare: joined at once by a
+def reserve(joining):
+    """Keep the cgroup that `joining` joins for the spare: joined at once by a
     spare that waits outside any, else by the next one forked."""
     global SPARE, RESERVED
     if SPARE is not None and not SPARE[2]:
         try:
-            socket.send_fds(SPARE[1], [b"join"], [procs])
+            socket.send_fds(SPARE[1], [b"join"], [joining])
             SPARE = (SPARE[0], SPARE[1], True)
-            os.close(procs)
+            os.close(joining)
             return
         except OSError:
             pass
     if RESERVED is not None:
         os.close(RESERVED)
-    RESERVED = procs
+    RESERVED = joining
 
 
 def hand_to_spare(report_write, fds, may_take_reserved):
