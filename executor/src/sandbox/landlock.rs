@@ -30,6 +30,7 @@ use landlock::{
 use nix::sys::stat::FileStat;
 
 use super::SandboxError;
+use crate::views::View;
 
 /// System directories every job may read and execute from (those that exist).
 const SYSTEM_READ_PATHS: [&str; 12] = [
@@ -65,10 +66,6 @@ pub struct LandlockPolicy {
     abi_version: i32,
     /// Read-only system paths and the extra readable ones, as jobs name them.
     read_paths: Vec<PathBuf>,
-    /// The views, through which a job in one gets its system paths: a view's system
-    /// directories are inodes of its own overlays, which the executor's own paths' rules
-    /// would not cover.
-    views: Option<Arc<crate::views::Views>>,
     /// Rulesets built, the most recently used first.
     kept: Mutex<VecDeque<(Key, Arc<OwnedFd>)>>,
 }
@@ -90,14 +87,8 @@ impl LandlockPolicy {
             abi,
             abi_version,
             read_paths,
-            views: None,
             kept: Mutex::new(VecDeque::with_capacity(KEPT_RULESETS)),
         })
-    }
-
-    /// Jobs in `views` get the system paths as each view has them.
-    pub fn add_views(&mut self, views: &Arc<crate::views::Views>) {
-        self.views = Some(Arc::clone(views));
     }
 
     /// The kernel's Landlock ABI version.
@@ -105,15 +96,15 @@ impl LandlockPolicy {
         self.abi_version
     }
 
-    /// A ruleset for one job in view `view` (by index; `None`: in the executor's own
-    /// root): `writable` are its workspace and scratch directory. Kept for later jobs with
-    /// the same view and directories; numbered above the descriptors a child places (see
-    /// `spawn::raise_fd`).
+    /// A ruleset for one job in `view` (`None`: in the executor's own root): `writable`
+    /// are its workspace and scratch directory. Kept for later jobs with the same view and
+    /// directories; numbered above the descriptors a child places (see `spawn::raise_fd`).
     pub fn ruleset(
         &self,
-        view: Option<usize>,
+        view: Option<&View>,
         writable: &[&Path],
     ) -> Result<Arc<OwnedFd>, SandboxError> {
+        let index = view.map(View::index);
         // Found by the directories' identity, read without opening them: `stat` follows
         // the path as the `open` below does. Only a ruleset to be built opens them.
         let seen = writable
@@ -127,7 +118,7 @@ impl LandlockPolicy {
                     })
             })
             .collect::<Result<Writable, _>>()?;
-        let seen: Key = (view, seen);
+        let seen: Key = (index, seen);
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(at) = kept.iter().position(|(key, _)| *key == seen)
             && let Some(entry) = kept.remove(at)
@@ -137,7 +128,7 @@ impl LandlockPolicy {
             return Ok(ruleset);
         }
         drop(kept);
-        let fixed = self.fixed_rules(view)?;
+        let fixed = self.fixed_rules(view);
         let opened = writable
             .iter()
             .map(|path| {
@@ -149,7 +140,7 @@ impl LandlockPolicy {
             .collect::<Result<Vec<_>, _>>()?;
         // Kept under what was opened: the rules are about those directories.
         let key: Key = (
-            view,
+            index,
             opened
                 .iter()
                 .map(|(_, stat)| (stat.st_dev, stat.st_ino))
@@ -169,24 +160,15 @@ impl LandlockPolicy {
     }
 
     /// Read-only system paths and writable devices, with the rights each one gets: opened
-    /// through view `view` (by index), or in the executor's own root.
-    fn fixed_rules(&self, view: Option<usize>) -> Result<Rules, SandboxError> {
-        let Some(index) = view else {
-            return Ok(rules(self.abi, &self.read_paths, |path| {
-                Ok(open_path(path)?.0)
-            }));
-        };
-        let view = self
-            .views
-            .as_ref()
-            .and_then(|views| views.all().get(index))
-            .ok_or_else(|| SandboxError::OpenDirectory {
-                path: PathBuf::from(format!("view {index}")),
-                source: io::Error::from(io::ErrorKind::NotFound),
-            })?;
-        Ok(rules(self.abi, &self.read_paths, |path| {
-            view.open(path, nix::fcntl::OFlag::O_PATH)
-        }))
+    /// through `view` (a view's system directories are inodes of its own overlays, which
+    /// the executor's own paths' rules would not cover), or in the executor's own root.
+    fn fixed_rules(&self, view: Option<&View>) -> Rules {
+        match view {
+            Some(view) => rules(self.abi, &self.read_paths, |path| {
+                view.open(path, nix::fcntl::OFlag::O_PATH)
+            }),
+            None => rules(self.abi, &self.read_paths, |path| Ok(open_path(path)?.0)),
+        }
     }
 
     /// Rulesets kept now.

@@ -312,11 +312,8 @@ impl Sandbox {
         probe_dir: &Path,
         running: Arc<AtomicU32>,
     ) -> Result<Sandbox, SandboxError> {
-        let mut landlock = LandlockPolicy::probe(&config.extra_read_paths);
+        let landlock = LandlockPolicy::probe(&config.extra_read_paths);
         let views = open_views(config);
-        if let (Some(policy), Ok(views)) = (landlock.as_mut(), &views) {
-            policy.add_views(views);
-        }
         let (seccomp, seccomp_error) = match seccomp::job_filter() {
             Ok(program) if seccomp_available() => (Some(program), None),
             Ok(_) => (
@@ -678,7 +675,7 @@ impl Sandbox {
     ) -> Result<Option<Arc<std::os::fd::OwnedFd>>, SandboxError> {
         self.landlock
             .as_ref()
-            .map(|policy| policy.ruleset(view.map(View::index), writable))
+            .map(|policy| policy.ruleset(view, writable))
             .transpose()
     }
 
