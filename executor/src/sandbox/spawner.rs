@@ -168,14 +168,16 @@ impl Spawners {
             return -1;
         };
         let _turn = lock(&spawner.turn);
-        let mut slot = lock(&spawner.slot);
-        slot.request = Some(Request {
+        lock(&spawner.slot).request = Some(Request {
             child,
             arg,
             stack: stack.as_mut_ptr(),
             len: stack.len(),
         });
+        // Notified with the lock released: a spawner woken while it is held (on this very
+        // CPU) would only wait for it, and be woken a second time.
         spawner.requested.notify_one();
+        let mut slot = lock(&spawner.slot);
         loop {
             if let Some(answer) = slot.answer.take() {
                 if answer < 0 {
@@ -219,27 +221,35 @@ impl Spawner {
 
     /// Clone a child for every request, forever.
     fn serve(&self) {
-        let mut slot = lock(&self.slot);
         loop {
-            if let Some(request) = slot.request.take() {
-                // SAFETY: the asking thread keeps the stack valid and unused until the
-                // child's exec (see `Spawners::clone_child`).
-                let stack = unsafe { std::slice::from_raw_parts_mut(request.stack, request.len) };
-                // SAFETY: what the asking thread vouched for in `clone_child`.
-                let pid = unsafe { clone_on(request.child, stack, libc::CLONE_VM, request.arg) };
-                slot.answer = Some(if pid < 0 {
-                    -io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EAGAIN)
-                } else {
-                    pid
-                });
-                self.answered.notify_one();
-            }
-            slot = self
-                .requested
-                .wait(slot)
-                .unwrap_or_else(PoisonError::into_inner);
+            let request = {
+                let mut slot = lock(&self.slot);
+                loop {
+                    if let Some(request) = slot.request.take() {
+                        break request;
+                    }
+                    slot = self
+                        .requested
+                        .wait(slot)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            // SAFETY: the asking thread keeps the stack valid and unused until the child's
+            // exec (see `Spawners::clone_child`).
+            let stack = unsafe { std::slice::from_raw_parts_mut(request.stack, request.len) };
+            // SAFETY: what the asking thread vouched for in `clone_child`.
+            let pid = unsafe { clone_on(request.child, stack, libc::CLONE_VM, request.arg) };
+            let answer = if pid < 0 {
+                -io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EAGAIN)
+            } else {
+                pid
+            };
+            // Neither the clone nor the wake-up below holds the lock: the asking thread,
+            // woken, takes it at once instead of waiting for it (a second wake-up).
+            lock(&self.slot).answer = Some(answer);
+            self.answered.notify_one();
         }
     }
 }
