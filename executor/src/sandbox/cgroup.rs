@@ -75,6 +75,8 @@ struct Made {
     /// The file a job's first process joins it through (`tasks` on v1, `cgroup.procs` on
     /// v2: see the module docs), open for writing.
     join: OwnedFd,
+    /// Its `pids.current`, open for reading: whether it is empty, at a job's end.
+    current: OwnedFd,
     /// What its `pids.max` says.
     max_processes: u64,
 }
@@ -121,8 +123,8 @@ impl Drop for JobCgroup {
             return;
         };
         // Most jobs leave nothing behind (their group was killed when the leader exited):
-        // one read of cgroup.procs then saves waking the cleanup thread.
-        let left = if is_empty(&made.path) {
+        // one read of its process count then saves waking the cleanup thread.
+        let left = if is_empty(&made.current) {
             keep(&self.ready, made)
         } else {
             Some(made)
@@ -281,10 +283,12 @@ impl Cgroups {
             .write(true)
             .open(path.join(join))?;
         let join = super::spawn::raise_fd(OwnedFd::from(join))?;
+        let current = OwnedFd::from(std::fs::File::open(path.join("pids.current"))?);
         std::mem::forget(made);
         Ok(Made {
             path,
             join,
+            current,
             max_processes,
         })
     }
@@ -376,13 +380,17 @@ fn keep(pool: &Mutex<Vec<Made>>, made: Made) -> Option<Made> {
     Some(made)
 }
 
-/// Whether the cgroup at `path` has no process (false if that cannot be read).
-fn is_empty(path: &Path) -> bool {
-    // One read: an empty list reads as EOF at once (no size probe, no read to find EOF).
-    let mut first = [0u8; 16];
-    std::fs::File::open(path.join("cgroup.procs"))
-        .and_then(|mut procs| std::io::Read::read(&mut procs, &mut first))
-        .is_ok_and(|n| first[..n].trim_ascii().is_empty())
+/// Whether the cgroup whose `pids.current` is open as `current` has no process, not even
+/// one exited and not yet reaped (false if that cannot be read).
+///
+/// One read, from the start, on a descriptor kept open: the kernel formats the count
+/// afresh for every read at offset 0 (opening the file by its path for each job cost as
+/// much as the read). Not the member list: v1 serves `tasks` and `cgroup.procs` from a
+/// list it keeps for a second after the last read, so a kept descriptor can read a stale
+/// one.
+fn is_empty(current: &OwnedFd) -> bool {
+    let mut count = [0u8; 24];
+    nix::sys::uio::pread(current, &mut count, 0).is_ok_and(|n| count[..n].trim_ascii() == b"0")
 }
 
 /// Kill whatever is left in the job cgroup at `path` until nothing is; false when that did
@@ -452,6 +460,50 @@ fn kill_members(path: &Path) {
                     0,
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_cgroup_reads_as_empty_only_while_no_process_is_in_it() {
+        let cgroups = match Cgroups::probe() {
+            Ok(cgroups) => cgroups,
+            Err(why) => {
+                eprintln!("SKIP: no job cgroups here: {why}");
+                return;
+            }
+        };
+        let job = cgroups.create(8).unwrap();
+        let made = job.made.as_ref().unwrap();
+        assert!(is_empty(&made.current), "a new cgroup reads as occupied");
+        let members = match cgroups.version() {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.procs",
+        };
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(made.path.join(members), sleeper.id().to_string()).unwrap();
+        // Each read counts afresh, from the start: not a stale count, not the EOF where
+        // the read before ended.
+        for _ in 0..2 {
+            assert!(
+                !is_empty(&made.current),
+                "a cgroup with a process reads as empty"
+            );
+        }
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        for _ in 0..2 {
+            assert!(
+                is_empty(&made.current),
+                "an emptied cgroup reads as occupied"
+            );
         }
     }
 }
