@@ -423,6 +423,7 @@ impl JobRunner {
             code,
             limits: *limits,
             direct,
+            stdin: !spec.stdin.is_empty(),
         };
         (command, warm)
     }
@@ -442,13 +443,12 @@ impl JobRunner {
         let deadline =
             tokio::time::Instant::from_std(started) + Duration::from_millis(limits.timeout_ms);
 
-        // Most jobs get no stdin: closing the pipe gives them EOF, without a task or the
-        // pipe's registration with the runtime.
-        if spec.stdin.is_empty() {
-            drop(spawned.stdin);
-        } else {
+        // Most jobs get no stdin: `/dev/null` (a shell job), or a pipe closed here (a job
+        // from the zygote); either reads as EOF at once, without a task or the pipe's
+        // registration with the runtime.
+        if let Some(stdin) = spawned.stdin.filter(|_| !spec.stdin.is_empty()) {
             let stdin_data = spec.stdin.clone();
-            let stdin = pipe::Sender::from_owned_fd(spawned.stdin);
+            let stdin = pipe::Sender::from_owned_fd(stdin);
             tokio::spawn(async move {
                 // A job that never reads its stdin gets EPIPE here; that is its business.
                 if let Ok(mut stdin) = stdin {

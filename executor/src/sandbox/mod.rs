@@ -398,6 +398,7 @@ impl Sandbox {
             code: None,
             limits: Limits::default(),
             direct: None,
+            stdin: false,
         };
         // Through a view when there are views: it proves jobs can enter them.
         let lease = match &self.views {
@@ -603,6 +604,7 @@ impl Sandbox {
             seccomp: self.seccomp.as_ref(),
             dispositions: &self.dispositions,
             direct,
+            stdin: command.stdin,
         };
         spawn::spawn(plan, &self.reaper, spare, self.spawners.as_deref())
     }

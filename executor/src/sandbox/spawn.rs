@@ -64,6 +64,8 @@ pub struct JobCommand {
     /// A program to exec instead of `program`, when one of its paths execs (a shell job
     /// that needs no shell, see `crate::direct`); `program` runs when none does.
     pub direct: Option<DirectExec>,
+    /// Whether the job is given input on a pipe; without it, its stdin is `/dev/null`.
+    pub stdin: bool,
 }
 
 /// A program tried before the job's own one: the paths in order, the first that execs is
@@ -131,6 +133,8 @@ pub struct ChildPlan<'a> {
     pub dispositions: &'a Dispositions,
     /// Tried before `program` (see [`JobCommand::direct`]).
     pub direct: Option<DirectStrings>,
+    /// A pipe for the job's stdin ([`JobCommand::stdin`]); else `/dev/null`.
+    pub stdin: bool,
 }
 
 /// `libc::setrlimit`'s resource type differs between libc flavours.
@@ -143,8 +147,8 @@ pub type RlimitResource = libc::c_int;
 #[derive(Debug)]
 pub struct SpawnedJob {
     pub pid: i32,
-    /// Write end of the job's stdin.
-    pub stdin: OwnedFd,
+    /// Write end of the job's stdin, when it was given a pipe.
+    pub stdin: Option<OwnedFd>,
     /// Read ends of the job's stdout and stderr.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -221,6 +225,20 @@ fn environment(env: &[(String, String)]) -> Result<Vec<CString>, SandboxError> {
     env.iter()
         .map(|(key, value)| c_string(format!("{key}={value}").as_bytes(), "environment"))
         .collect()
+}
+
+/// `/dev/null` for reading, opened on first use and kept: close-on-exec and numbered like
+/// [`pipe_high`]'s ends. `None` where it cannot be opened (jobs then get a closed pipe).
+fn dev_null() -> Option<RawFd> {
+    static DEV_NULL: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    DEV_NULL
+        .get_or_init(|| {
+            std::fs::File::open("/dev/null")
+                .and_then(|null| raise_fd(OwnedFd::from(null)))
+                .ok()
+        })
+        .as_ref()
+        .map(AsRawFd::as_raw_fd)
 }
 
 /// A pipe whose both ends are close-on-exec and numbered 4 or above, so that placing
@@ -328,7 +346,16 @@ pub fn spawn(
     spawners: Option<&Spawners>,
 ) -> Result<SpawnedJob, SandboxError> {
     let (error_read, error_write) = pipe_high().map_err(SandboxError::Pipe)?;
-    let (stdin_read, stdin_write) = pipe_high().map_err(SandboxError::Pipe)?;
+    // Most jobs get no input: `/dev/null`, open once, reads as EOF at once as a closed pipe
+    // would, without a pipe made and closed on both sides for every job.
+    let null_fd = dev_null().filter(|_| !plan.stdin);
+    let (stdin_read, stdin_write) = match null_fd {
+        Some(_) => (None, None),
+        None => {
+            let (read, write) = pipe_high().map_err(SandboxError::Pipe)?;
+            (Some(read), Some(write))
+        }
+    };
     let (stdout_read, stdout_write) = pipe_high().map_err(SandboxError::Pipe)?;
     let (stderr_read, stderr_write) = pipe_high().map_err(SandboxError::Pipe)?;
     if plan.inherit.len() > MAX_INHERITED {
@@ -369,7 +396,9 @@ pub fn spawn(
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
         workdir: plan.workdir.as_raw_fd(),
-        stdin: stdin_read.as_raw_fd(),
+        stdin: stdin_read
+            .as_ref()
+            .map_or(null_fd.unwrap_or(-1), AsRawFd::as_raw_fd),
         stdout: stdout_write.as_raw_fd(),
         stderr: stderr_write.as_raw_fd(),
         inherit: &inherit_raw,

@@ -183,6 +183,7 @@ impl Zygote {
             code: None,
             limits: nox_protocol::Limits::default(),
             direct: None,
+            stdin: false,
         };
         let (program_path, argv, envp) = spawn::command_strings(&command)?;
         let workdir_fd =
@@ -217,6 +218,7 @@ impl Zygote {
             seccomp: None,
             dispositions: &sandbox.dispositions,
             direct: None,
+            stdin: false,
         };
         let spawned = spawn::spawn(plan, &sandbox.reaper, None, None)?;
         let pid = spawned.pid;
@@ -387,7 +389,7 @@ impl Zygote {
         match reply.recv_timeout(START_TIMEOUT) {
             Ok(Ok((pid, exit, cgroup))) => Ok(SpawnedJob {
                 pid,
-                stdin: stdin_write,
+                stdin: Some(stdin_write),
                 stdout: stdout_read,
                 stderr: stderr_read,
                 exit,
