@@ -751,6 +751,34 @@ fn status_field(status: &str, name: &str) -> String {
 }
 
 #[tokio::test]
+async fn a_step_that_fails_in_the_child_is_reported_with_its_name_and_errno() {
+    // The probe job runs the configured shell through every layer (through a spawner
+    // thread, when there are spawners): a shell that does not exist fails its exec, which
+    // only the child can see, and the child reports it before it exits.
+    let dir = tempfile::tempdir().unwrap();
+    let runner = runner_in(&dir, |config| {
+        config.shell = PathBuf::from("/nonexistent/nox-test-shell");
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o711))
+            .unwrap();
+    })
+    .await;
+    let status = runner.status();
+    assert!(!status.ready, "{status:?}");
+    let seccomp = status
+        .layers
+        .iter()
+        .find(|layer| layer.layer.name() == "seccomp")
+        .unwrap();
+    assert!(
+        seccomp.detail.contains(
+            "probe job failed: setting up the job failed at step `exec`: No such file or directory"
+        ),
+        "{seccomp:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_shell_job_starts_on_a_spare_that_waited_in_its_cgroup_holding_nothing_of_ours() {
     let dir = tempfile::tempdir().unwrap();
     let runner = own_runner(&dir).await;
