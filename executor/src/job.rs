@@ -81,10 +81,7 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// at once (most) sends them together; one that runs on sends `Started`, and what it printed
 /// so far, after this (its pipes are read only from then on, or from its exit).
 const STARTED_HOLD: Duration = Duration::from_millis(2);
-/// Each output pipe's read buffer, one per stream and job. Below glibc's 64 KiB
-/// `FASTBIN_CONSOLIDATION_THRESHOLD`: freeing a chunk that large at every job's end made
-/// malloc walk and merge all its small free chunks each time (`malloc_consolidate`).
-const READ_BUFFER: usize = 32 * 1024;
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Reads of each output pipe at once after the job's exit, before what is left (written
 /// by a process the job left behind, until it is killed) is read as it comes.
