@@ -758,9 +758,6 @@ async fn a_step_that_fails_in_the_child_is_reported_with_its_name_and_errno() {
     let dir = tempfile::tempdir().unwrap();
     let runner = runner_in(&dir, |config| {
         config.shell = PathBuf::from("/nonexistent/nox-test-shell");
-        std::fs::create_dir_all(&config.state_dir).unwrap();
-        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o711))
-            .unwrap();
     })
     .await;
     let status = runner.status();

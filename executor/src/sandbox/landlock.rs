@@ -163,12 +163,10 @@ impl LandlockPolicy {
     /// through `view` (a view's system directories are inodes of its own overlays, which
     /// the executor's own paths' rules would not cover), or in the executor's own root.
     fn fixed_rules(&self, view: Option<&View>) -> Rules {
-        match view {
-            Some(view) => rules(self.abi, &self.read_paths, |path| {
-                view.open(path, nix::fcntl::OFlag::O_PATH)
-            }),
-            None => rules(self.abi, &self.read_paths, |path| Ok(open_path(path)?.0)),
-        }
+        rules(self.abi, &self.read_paths, |path| match view {
+            Some(view) => view.open(path, nix::fcntl::OFlag::O_PATH),
+            None => Ok(open_path(path)?.0),
+        })
     }
 
     /// Rulesets kept now.

@@ -348,12 +348,12 @@ pub fn spawn(
     let (error_read, error_write) = pipe_high().map_err(SandboxError::Pipe)?;
     // Most jobs get no input: `/dev/null`, open once, reads as EOF at once as a closed pipe
     // would, without a pipe made and closed on both sides for every job.
-    let null_fd = dev_null().filter(|_| !plan.stdin);
-    let (stdin_read, stdin_write) = match null_fd {
-        Some(_) => (None, None),
+    let null = if plan.stdin { None } else { dev_null() };
+    let (stdin, stdin_read, stdin_write) = match null {
+        Some(null) => (null, None, None),
         None => {
             let (read, write) = pipe_high().map_err(SandboxError::Pipe)?;
-            (Some(read), Some(write))
+            (read.as_raw_fd(), Some(read), Some(write))
         }
     };
     let (stdout_read, stdout_write) = pipe_high().map_err(SandboxError::Pipe)?;
@@ -396,9 +396,7 @@ pub fn spawn(
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
         workdir: plan.workdir.as_raw_fd(),
-        stdin: stdin_read
-            .as_ref()
-            .map_or(null_fd.unwrap_or(-1), AsRawFd::as_raw_fd),
+        stdin,
         stdout: stdout_write.as_raw_fd(),
         stderr: stderr_write.as_raw_fd(),
         inherit: &inherit_raw,
