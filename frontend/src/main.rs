@@ -117,15 +117,19 @@ fn raise_open_files(max_connections: usize) {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, MainError> {
+fn runtime(config: &FrontendConfig) -> Result<tokio::runtime::Runtime, MainError> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_workers())
         .enable_all()
         .build()
         .map_err(MainError::Runtime)
 }
 
 fn dev() -> Result<(), MainError> {
-    runtime()?
+    // Development mode reads its settings from the environment only; a bad one is
+    // reported by `dev::run`, which loads them again.
+    let config = load("frontend", &ConfigFile::None, FrontendConfig::default()).unwrap_or_default();
+    runtime(&config)?
         .block_on(nox_frontend::dev::run())
         .map_err(MainError::Dev)
 }
@@ -143,7 +147,7 @@ fn serve(
         Some(fd) => Some(adopt_tcp_listener(fd).map_err(MainError::AdoptSocket)?),
         None => None,
     };
-    runtime()?.block_on(async move {
+    runtime(&config)?.block_on(async move {
         let listener = match adopted {
             Some(listener) => {
                 tokio::net::TcpListener::from_std(listener).map_err(MainError::AdoptSocket)?

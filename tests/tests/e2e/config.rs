@@ -152,3 +152,28 @@ fn the_executor_refuses_an_invalid_value_and_names_its_key() {
         "sometimes",
     );
 }
+
+/// Threads of `pid` named `name`.
+fn threads_named(pid: i32, name: &str) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list the frontend's threads")
+        .filter_map(Result::ok)
+        .filter(|task| {
+            fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .count()
+}
+
+#[test]
+fn the_frontend_serves_on_half_the_cpus_or_as_many_threads_as_configured() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let default = nox_e2e::Nox::start_default();
+    let pid = default.frontend_pid().expect("the frontend runs");
+    assert_eq!(threads_named(pid, "tokio-rt-worker"), (cpus / 2).max(1));
+    let configured = nox_e2e::Nox::builder()
+        .frontend_toml("worker_threads = 3")
+        .start();
+    let pid = configured.frontend_pid().expect("the frontend runs");
+    assert_eq!(threads_named(pid, "tokio-rt-worker"), 3);
+    assert_eq!(configured.run_sh("echo hi")["stdout"], "hi\n");
+}
