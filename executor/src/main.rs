@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use nix::sys::resource::{Resource, setrlimit};
 use nox_executor::activation::{self, ListenerOrigin};
+use nox_executor::sandbox::cpus;
 use nox_executor::{ExecutorConfig, ExecutorError, namespaces, telemetry};
 use nox_protocol::config::ConfigFile;
 use sd_notify::NotifyState;
@@ -121,9 +122,13 @@ fn start(args: Args) -> Result<(), ExecutorError> {
         ),
         Err(error) => return Err(ExecutorError::Namespaces(error)),
     }
+    // Each runtime worker is kept on a CPU of its own (see `sandbox::cpus`).
+    cpus::remember();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nox-executor")
+        .on_thread_start(cpus::on_thread_start)
+        .on_thread_park(cpus::on_worker_park)
         .build()
         .map_err(ExecutorError::Runtime)?;
     let served = runtime.block_on(async move {

@@ -14,6 +14,7 @@
 //! `SandboxUnavailable` instead of running with less.
 
 pub mod cgroup;
+pub mod cpus;
 pub mod landlock;
 pub mod reaper;
 pub mod seccomp;

@@ -538,15 +538,6 @@ fn pin_to_current_cpu(pid: i32) {
     }
 }
 
-/// The calling thread's CPUs, if they can be read.
-fn own_cpus() -> Option<libc::cpu_set_t> {
-    // SAFETY: an all-zero cpu_set_t is a valid, empty set, filled by the call.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        (libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) == 0).then_some(set)
-    }
-}
-
 /// Whether two filters are the same instructions (a job's plan names the sandbox's copy,
 /// the spare loaded the spares' copy).
 ///
@@ -617,7 +608,7 @@ impl Spares {
             max_processes,
             seccomp: seccomp.map(Arc::new),
             dispositions,
-            cpus: own_cpus(),
+            cpus: super::cpus::affinity(),
             user_namespace,
             spawners,
         };

@@ -418,6 +418,10 @@ pub fn spawn(
             group: &group,
             cpus: spawners.cpus(),
         }),
+        take_back: match spawners {
+            Some(_) => None,
+            None => super::cpus::to_take_back(),
+        },
         error_fd: error_write.as_raw_fd(),
         dispositions: plan.dispositions,
         direct_paths: &direct_paths,
@@ -639,6 +643,9 @@ pub(super) struct RawPlan<'a> {
     pub(super) seccomp: Option<libc::sock_fprog>,
     /// Set for a child of a spawner thread.
     pub(super) launched: Option<Launched<'a>>,
+    /// For a child cloned by a runtime worker kept on one CPU: every CPU the executor may
+    /// use (see `cpus`).
+    take_back: Option<&'a libc::cpu_set_t>,
     pub(super) error_fd: RawFd,
     dispositions: &'a Dispositions,
     /// Paths tried with `direct_argv` and `direct_envp` before `program` (empty: none).
@@ -815,6 +822,11 @@ unsafe fn child_main(plan: &RawPlan<'_>) -> ! {
             None => {
                 if libc::setpgid(0, 0) != 0 {
                     fail(plan.error_fd, Step::ProcessGroup);
+                }
+                if let Some(cpus) = plan.take_back
+                    && libc::sched_setaffinity(0, std::mem::size_of_val(cpus), cpus) != 0
+                {
+                    fail(plan.error_fd, Step::Cpus);
                 }
             }
             // A spawner's child: its filter came with the clone (it must never run without

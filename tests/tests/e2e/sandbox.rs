@@ -620,3 +620,82 @@ fn extra_read_paths_are_readable_by_jobs_and_not_writable_files_and_directories_
     assert_eq!(fs::read_to_string(&file).unwrap(), "from a file\n");
     assert!(!dir.join("new.txt").exists());
 }
+
+/// The `Cpus_allowed_list` line of a `/proc/.../status` text.
+fn cpus_allowed(status: &str) -> String {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .map(|list| list.trim().to_owned())
+        .unwrap_or_else(|| panic!("no Cpus_allowed_list in:\n{status}"))
+}
+
+#[test]
+fn runtime_workers_keep_a_cpu_each_and_nothing_they_start_inherits_it() {
+    // An instance of its own: its Python zygote starts during this test.
+    let nox = Nox::start_default();
+    let executor = nox.executor_pid().expect("the executor runs");
+    // The main thread waits for the runtime and is never pinned: all the executor's CPUs.
+    let all = cpus_allowed(&fs::read_to_string(format!("/proc/{executor}/status")).unwrap());
+    // Python jobs at once: blocking threads started by (pinned) workers prepare them, and
+    // one of them starts the zygote.
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| nox.run_py("print(open('/proc/self/status').read())")))
+            .collect();
+        for job in jobs {
+            let reply = job.join().unwrap();
+            assert_eq!(reply["returncode"], 0, "{reply}");
+            assert_eq!(cpus_allowed(stdout(&reply)), all, "a Python job");
+        }
+    });
+    for (what, reply) in [
+        (
+            "a program run directly",
+            nox.run_sh("cat /proc/self/status"),
+        ),
+        ("a shell", nox.run_sh("cat /proc/self/status | cat")),
+        (
+            "a Python job",
+            nox.run_py("print(open('/proc/self/status').read())"),
+        ),
+    ] {
+        assert_eq!(reply["returncode"], 0, "{reply}");
+        assert_eq!(cpus_allowed(stdout(&reply)), all, "{what}");
+    }
+    // A blocking thread the last job's cleanup may have started is past its first step.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut pinned = Vec::new();
+    for task in fs::read_dir(format!("/proc/{executor}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let Ok(status) = fs::read_to_string(task.join("status")) else {
+            continue; // ended meanwhile
+        };
+        let cpus = cpus_allowed(&status);
+        match comm.trim() {
+            "nox-executor" if cpus != all => pinned.push(cpus),
+            // One spawner per CPU, pinned by design (see `sandbox::spawner`).
+            "nox-spawner" | "nox-executor" => {}
+            other => assert_eq!(cpus, all, "thread {other}"),
+        }
+    }
+    let workers = std::thread::available_parallelism().unwrap().get();
+    let cpus = all.split(',').map(|range| match range.split_once('-') {
+        Some((first, last)) => last.parse::<usize>().unwrap() - first.parse::<usize>().unwrap() + 1,
+        None => 1,
+    });
+    let expected = workers.min(cpus.sum());
+    if expected > 1 {
+        // The workers, and no other thread of the runtime (a blocking one started by a
+        // worker takes back every CPU), each on a CPU of its own.
+        pinned.sort();
+        let workers = pinned.len();
+        pinned.dedup();
+        assert_eq!((workers, pinned.len()), (expected, expected), "{pinned:?}");
+        assert!(
+            pinned.iter().all(|cpu| cpu.parse::<usize>().is_ok()),
+            "{pinned:?}"
+        );
+    }
+}
