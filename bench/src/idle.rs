@@ -76,6 +76,7 @@ fn health_cell(
         ACTIVE,
         Settings {
             duration,
+            unmeasured: Duration::ZERO,
             pause: Duration::ZERO,
         },
         Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),

@@ -55,9 +55,16 @@ struct Row {
     wrong: u64,
 }
 
+/// How long a cell runs and what of it is measured. Throughput is what completed within
+/// the measured window divided by its length, as wrk counts it: requests still in flight
+/// when it closes are not counted, nor is the time they take to finish (at c=32 a whole
+/// reply's latency, ~3 % of a 500 ms window).
 #[derive(Debug, Clone, Copy)]
 struct Settings {
+    /// The measured window.
     duration: Duration,
+    /// Load before the window, on the same connections, measured for errors only.
+    unmeasured: Duration,
     /// Between one reply (or exit) and the next request (or spawn): zero for the closed
     /// loops; [`PACE`] for the paced cells.
     pause: Duration,
@@ -119,10 +126,7 @@ fn populate(dir: &Path, count: usize) -> Result<(), Failure> {
 const INTERLEAVED_ROUNDS: usize = 8;
 const INTERLEAVED_SLICE: Duration = Duration::from_millis(500);
 /// Requests of each round's `/run_sh` slice before it is measured.
-const WARM_UP: Settings = Settings {
-    duration: Duration::from_millis(300),
-    pause: Duration::ZERO,
-};
+const WARM_UP: Duration = Duration::from_millis(300);
 
 /// One of the requirements: what was measured and whether it met its target.
 #[derive(Debug, Clone)]
@@ -273,9 +277,13 @@ fn spawn_floor(
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status();
+                    let done = start.elapsed();
                     match status {
-                        Ok(status) if status.success() => latencies.push(begun.elapsed()),
-                        _ => errors += 1,
+                        Ok(status) if !status.success() => errors += 1,
+                        Err(_) => errors += 1,
+                        // Within the window (see `Settings`).
+                        Ok(_) if done <= settings.duration => latencies.push(begun.elapsed()),
+                        Ok(_) => {}
                     }
                     std::thread::sleep(settings.pause);
                 }
@@ -291,7 +299,7 @@ fn spawn_floor(
             errors += failed;
         }
     }
-    row(what, spawners, all, start.elapsed(), errors, 0)
+    row(what, spawners, all, settings.duration, errors, 0)
 }
 
 /// The daemons under test.
@@ -578,8 +586,11 @@ async fn floor_then_shell(
     // Unmeasured first: after the floor's slice nox's threads and CPUs are cold, which the
     // back-to-back cells never are (seen on a quiet host at c=1: +0.48 ms interleaved
     // against +0.37 from the cells without this, +0.41 against +0.38 with 150 ms of it).
-    let _ = load(Endpoint::RunSh, nox, concurrency, WARM_UP, Arc::clone(peak)).await?;
-    let job = load(Endpoint::RunSh, nox, concurrency, slice, Arc::clone(peak)).await?;
+    let warmed = Settings {
+        unmeasured: WARM_UP,
+        ..slice
+    };
+    let job = load(Endpoint::RunSh, nox, concurrency, warmed, Arc::clone(peak)).await?;
     Ok((floor.errors == 0 && job.errors == 0 && job.wrong == 0).then_some((floor, job)))
 }
 
@@ -612,12 +623,17 @@ async fn load(
             let mut latencies = Vec::new();
             let (mut errors, mut wrong) = (0u64, 0u64);
             let mut connection = raw::RawConn::connect(port).await?;
-            while start.elapsed() < settings.duration {
+            let window = settings.unmeasured..settings.unmeasured + settings.duration;
+            while start.elapsed() < window.end {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let request = raw::encode(endpoint.request(port, &token, n)?).await?;
                 let begun = Instant::now();
                 let reply = connection.exchange(&request).await?;
-                latencies.push(begun.elapsed());
+                // Counted when it completed within the window (see `Settings`); every
+                // reply is checked.
+                if window.contains(&start.elapsed()) {
+                    latencies.push(begun.elapsed());
+                }
                 if !(200..300).contains(&reply.status) {
                     errors += 1;
                 } else if !endpoint.correct(&reply.body, n) {
@@ -638,14 +654,13 @@ async fn load(
         errors += failed;
         wrong += bad;
     }
-    let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     Ok(row(
         endpoint.name(),
         concurrency,
         all,
-        elapsed,
+        settings.duration,
         errors,
         wrong,
     ))
@@ -835,6 +850,7 @@ fn main() -> Result<(), Failure> {
     };
     let settings = Settings {
         duration: Duration::from_secs_f64(seconds),
+        unmeasured: Duration::ZERO,
         pause: Duration::ZERO,
     };
     let paced = Settings {
@@ -905,6 +921,7 @@ fn main() -> Result<(), Failure> {
             1,
             Settings {
                 duration: Duration::from_millis(300),
+                unmeasured: Duration::ZERO,
                 pause: Duration::ZERO,
             },
             Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
@@ -942,6 +959,7 @@ fn main() -> Result<(), Failure> {
         // floors and `/run_sh true` again, in turns.
         let slice = Settings {
             duration: INTERLEAVED_SLICE,
+            unmeasured: Duration::ZERO,
             pause: Duration::ZERO,
         };
         for _ in 0..INTERLEAVED_ROUNDS {
@@ -1072,7 +1090,7 @@ fn main() -> Result<(), Failure> {
                 "+{over:.2} ms, the median over {} rounds of {} ms each taken in turn, nox's after {} ms unmeasured (p50 {:.2}-{:.2} ms against the floor's {:.2}-{:.2}); the cells above, a minute apart: {:.2} vs {:.2} ms, +{:.2}",
                 interleaved.len(),
                 INTERLEAVED_SLICE.as_millis(),
-                WARM_UP.duration.as_millis(),
+                WARM_UP.as_millis(),
                 min(&jobs),
                 max(&jobs),
                 min(&floors),
@@ -1109,7 +1127,7 @@ fn main() -> Result<(), Failure> {
                 "{share:.0} %, the median over {} rounds of {} ms each taken in turn, nox's after {} ms unmeasured ({:.0}-{:.0} %: {:.0}-{:.0} req/s against {:.0}-{:.0} spawns/s); the cells above, a minute apart: {:.0} req/s vs {:.0} spawns/s, {:.0} %",
                 interleaved_busy.len(),
                 INTERLEAVED_SLICE.as_millis(),
-                WARM_UP.duration.as_millis(),
+                WARM_UP.as_millis(),
                 min(&shares),
                 max(&shares),
                 min(&jobs),
