@@ -594,6 +594,11 @@ async fn floor_then_shell(
     Ok((floor.errors == 0 && job.errors == 0 && job.wrong == 0).then_some((floor, job)))
 }
 
+/// Drive `endpoint` at `concurrency` for `settings`, sampling both daemons' RSS into
+/// `rss_peak`. The clients run on one thread of their own (a runtime on a blocking thread),
+/// as `wrk -t1` does: on two cores a second client thread takes CPU from nox and hands
+/// replies between threads (wrk with two threads drove `/run_sh true` at c=32 a little
+/// slower than with one).
 async fn load(
     endpoint: Endpoint,
     nox: &Nox,
@@ -601,9 +606,31 @@ async fn load(
     settings: Settings,
     rss_peak: Arc<[AtomicU64; 2]>,
 ) -> Result<Row, Failure> {
+    let (port, token, pids) = (nox.port, nox.token.clone(), nox.pids());
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(drive(
+                endpoint,
+                (port, token, pids),
+                concurrency,
+                settings,
+                rss_peak,
+            ))
+    })
+    .await?
+}
+
+async fn drive(
+    endpoint: Endpoint,
+    (port, token, pids): (u16, String, [u32; 2]),
+    concurrency: usize,
+    settings: Settings,
+    rss_peak: Arc<[AtomicU64; 2]>,
+) -> Result<Row, Failure> {
     let counter = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let pids = nox.pids();
     let sampler = {
         let (stop, rss_peak) = (Arc::clone(&stop), Arc::clone(&rss_peak));
         tokio::spawn(async move {
@@ -618,7 +645,7 @@ async fn load(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (counter, token, port) = (Arc::clone(&counter), nox.token.clone(), nox.port);
+        let (counter, token) = (Arc::clone(&counter), token.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let (mut errors, mut wrong) = (0u64, 0u64);
