@@ -36,6 +36,11 @@ struct Table {
     /// Tickets of spawns between their ticket and their registration.
     in_flight: BTreeSet<u64>,
     next_ticket: u64,
+    /// Whether the reaper sleeps on `children_exist` (no child at all) or on `spawn_done`
+    /// (for a spawn to register): a spawn signals only then, instead of making two futex
+    /// calls for nobody on every job.
+    idle: bool,
+    awaiting_spawns: bool,
 }
 
 #[derive(Debug)]
@@ -120,10 +125,11 @@ impl SpawnTicket<'_> {
     /// Register `leader` and return the receiver of its exit report.
     pub fn watch(self, leader: i32) -> oneshot::Receiver<ExitReport> {
         let (sender, receiver) = oneshot::channel();
-        lock(&self.shared.table)
-            .leaders
-            .insert(leader, Some(sender));
-        self.shared.children_exist.notify_one();
+        let mut table = lock(&self.shared.table);
+        table.leaders.insert(leader, Some(sender));
+        if table.idle {
+            self.shared.children_exist.notify_one();
+        }
         receiver
         // Drop withdraws the ticket (after the registration) and wakes the reaper.
     }
@@ -131,8 +137,11 @@ impl SpawnTicket<'_> {
 
 impl Drop for SpawnTicket<'_> {
     fn drop(&mut self) {
-        lock(&self.shared.table).in_flight.remove(&self.ticket);
-        self.shared.spawn_done.notify_all();
+        let mut table = lock(&self.shared.table);
+        table.in_flight.remove(&self.ticket);
+        if table.awaiting_spawns {
+            self.shared.spawn_done.notify_all();
+        }
     }
 }
 
@@ -150,11 +159,17 @@ fn reap_forever(shared: &Shared) {
             Ok(pid) => reap(shared, pid),
             Err(error) if error.raw_os_error() == Some(libc::ECHILD) => {
                 // No children at all: sleep until one is registered (or a second passes,
-                // in case an orphan arrives without a registration).
-                let table = lock(&shared.table);
-                let _ = shared
-                    .children_exist
-                    .wait_timeout(table, Duration::from_secs(1));
+                // in case an orphan arrives without a registration) — unless one was
+                // registered since `waitid` said so.
+                let mut table = lock(&shared.table);
+                if table.leaders.is_empty() {
+                    table.idle = true;
+                    let (mut table, _) = shared
+                        .children_exist
+                        .wait_timeout(table, Duration::from_secs(1))
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    table.idle = false;
+                }
             }
             Err(error) if error.raw_os_error() == Some(libc::EINTR) => {}
             Err(error) => {
@@ -176,10 +191,12 @@ fn reap(shared: &Shared, pid: i32) {
             .first()
             .is_some_and(|oldest| *oldest < seen_at)
     {
+        table.awaiting_spawns = true;
         table = shared
             .spawn_done
             .wait(table)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        table.awaiting_spawns = false;
     }
     let leader = table.leaders.contains_key(&pid);
     if leader {
