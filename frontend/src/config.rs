@@ -58,7 +58,7 @@ pub struct FrontendConfig {
     pub body_read_timeout_s: u64,
     /// Connections served at once; at the bound the oldest is asked to close (see `server`).
     pub max_connections: usize,
-    /// Threads serving requests; 0: half the CPUs this process may use, at least one (see
+    /// Threads serving requests; 0: one per CPU this process may use (see
     /// [`FrontendConfig::runtime_workers`]).
     pub worker_threads: usize,
     /// First words refused by `/run_sh` (a courtesy, see `denylist`); `x*` is a prefix.
@@ -203,18 +203,13 @@ impl fmt::Debug for FrontendConfig {
 }
 
 impl FrontendConfig {
-    /// The runtime's worker threads: `worker_threads`, or half the CPUs this process may
-    /// use (at least one). The frontend only relays: a request costs it a few tens of
-    /// microseconds, a job's start and end on the executor's side several times that, and
-    /// the jobs themselves the rest. Its threads handing a request's steps to one another
-    /// cost CPU the jobs need: on two CPUs, one thread instead of two gave `/run_sh true`
-    /// at 32 connections 2.4 % more per second (12 of 14 interleaved pairs), while one
-    /// thread still serves `GET /health` at 80-90k requests a second.
+    /// The runtime's worker threads: `worker_threads`, or one per CPU this process may
+    /// use. Each is kept on a CPU of its own (see `crate::cpus`).
     pub fn runtime_workers(&self) -> usize {
         if self.worker_threads > 0 {
             return self.worker_threads;
         }
-        std::thread::available_parallelism().map_or(1, |cpus| (cpus.get() / 2).max(1))
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
     }
 
     /// Check every value and load the tokens, reading `$CREDENTIALS_DIRECTORY/api-token`
@@ -273,7 +268,7 @@ impl FrontendConfig {
         if self.worker_threads > MAX_WORKER_THREADS {
             return Err(ConfigError::invalid(
                 "frontend.worker_threads",
-                format!("must be at most {MAX_WORKER_THREADS} (0: half the CPUs)"),
+                format!("must be at most {MAX_WORKER_THREADS} (0: one per CPU)"),
             ));
         }
         for word in &self.forbidden_commands {
@@ -529,10 +524,10 @@ mod tests {
     }
 
     #[test]
-    fn the_runtime_gets_half_the_cpus_unless_told_and_an_absurd_count_is_refused() {
+    fn the_runtime_gets_a_worker_per_cpu_unless_told_and_an_absurd_count_is_refused() {
         let cpus = std::thread::available_parallelism().unwrap().get();
         let auto = with_token("0123456789abcdef");
-        assert_eq!(auto.runtime_workers(), (cpus / 2).max(1));
+        assert_eq!(auto.runtime_workers(), cpus);
         let told = FrontendConfig {
             worker_threads: 3,
             ..with_token("0123456789abcdef")

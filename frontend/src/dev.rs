@@ -194,8 +194,17 @@ impl ExecutorLaunch {
 
 /// Keep the executor running until `stop`, then stop it.
 async fn supervise(launch: ExecutorLaunch, stop: CancellationToken) {
+    let launch = std::sync::Arc::new(launch);
     loop {
-        match launch.spawn() {
+        // From a blocking thread, which has every CPU: a runtime worker is kept on one
+        // (see `crate::cpus`), and the executor would inherit it.
+        let spawned = {
+            let launch = std::sync::Arc::clone(&launch);
+            tokio::task::spawn_blocking(move || launch.spawn())
+                .await
+                .unwrap_or_else(|error| Err(io::Error::other(error)))
+        };
+        match spawned {
             Ok(mut child) => {
                 tracing::info!(pid = child.id(), "nox-executor started");
                 tokio::select! {

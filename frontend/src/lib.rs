@@ -18,6 +18,7 @@ pub mod auth;
 mod body;
 mod busy;
 pub mod config;
+pub mod cpus;
 pub mod denylist;
 pub mod dev;
 pub mod executor;

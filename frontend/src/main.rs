@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nox_frontend::FrontendConfig;
+use nox_frontend::cpus;
 use nox_frontend::telemetry::{self, LogTarget};
 use nox_protocol::config::{ConfigError, ConfigFile, load};
 use nox_protocol::error_chain;
@@ -118,8 +119,12 @@ fn raise_open_files(max_connections: usize) {
 }
 
 fn runtime(config: &FrontendConfig) -> Result<tokio::runtime::Runtime, MainError> {
+    // Each runtime worker is kept on a CPU of its own (see `nox_frontend::cpus`).
+    cpus::remember();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.runtime_workers())
+        .on_thread_start(cpus::on_thread_start)
+        .on_thread_park(cpus::on_worker_park)
         .enable_all()
         .build()
         .map_err(MainError::Runtime)

@@ -153,27 +153,45 @@ fn the_executor_refuses_an_invalid_value_and_names_its_key() {
     );
 }
 
-/// Threads of `pid` named `name`.
-fn threads_named(pid: i32, name: &str) -> usize {
+/// The `Cpus_allowed_list` of each thread of `pid` named `name`.
+fn threads_named(pid: i32, name: &str) -> Vec<String> {
     fs::read_dir(format!("/proc/{pid}/task"))
         .expect("list the frontend's threads")
         .filter_map(Result::ok)
         .filter(|task| {
             fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
         })
-        .count()
+        .filter_map(|task| fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+                .map(|cpus| cpus.trim().to_owned())
+        })
+        .collect()
 }
 
 #[test]
-fn the_frontend_serves_on_half_the_cpus_or_as_many_threads_as_configured() {
+fn the_frontend_serves_on_a_worker_per_cpu_each_kept_on_its_own_or_as_many_as_configured() {
     let cpus = std::thread::available_parallelism().unwrap().get();
     let default = nox_e2e::Nox::start_default();
     let pid = default.frontend_pid().expect("the frontend runs");
-    assert_eq!(threads_named(pid, "tokio-rt-worker"), (cpus / 2).max(1));
+    let mut workers = threads_named(pid, "tokio-rt-worker");
+    assert_eq!(workers.len(), cpus, "{workers:?}");
+    if cpus > 1 {
+        // Each on one CPU (pinned at its first park: the instance has answered since).
+        workers.sort();
+        workers.dedup();
+        assert_eq!(workers.len(), cpus, "{workers:?}");
+        assert!(
+            workers.iter().all(|cpu| cpu.parse::<usize>().is_ok()),
+            "{workers:?}"
+        );
+    }
     let configured = nox_e2e::Nox::builder()
         .frontend_toml("worker_threads = 3")
         .start();
     let pid = configured.frontend_pid().expect("the frontend runs");
-    assert_eq!(threads_named(pid, "tokio-rt-worker"), 3);
+    assert_eq!(threads_named(pid, "tokio-rt-worker").len(), 3);
     assert_eq!(configured.run_sh("echo hi")["stdout"], "hi\n");
 }
