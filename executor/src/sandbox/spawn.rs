@@ -1,7 +1,9 @@
 //! Starting one job: prepare everything in the executor, fork, and in the child only apply.
 //!
 //! INVARIANT: the order of the child's steps is fixed and is the order of [`Step`]:
-//! signals reset → own process group → the job's pids cgroup → stdio and the code descriptor in place → every
+//! signals reset → own process group (and every CPU back, for a child of a spawner thread or
+//! of a runtime worker kept on one CPU) → the job's pids cgroup → stdio and the code
+//! descriptor in place → every
 //! other descriptor close-on-exec → rlimits → the workspace's view (`setns` into its user
 //! and network namespaces, `fchdir` to its root and `chroot`: as root, so before the uid
 //! change) → supplementary groups,
