@@ -16,8 +16,12 @@
 //! started from a blocking thread and never pinned by this.
 
 use std::cell::Cell;
+use std::io;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// CPU numbers a `cpu_set_t` holds.
+const SET_BITS: usize = 8 * std::mem::size_of::<libc::cpu_set_t>();
 
 /// The CPUs the executor may use, as found by [`remember`].
 static EXECUTOR_CPUS: OnceLock<libc::cpu_set_t> = OnceLock::new();
@@ -54,16 +58,28 @@ pub fn on_worker_park() {
     let Some(cpus) = EXECUTOR_CPUS.get() else {
         return;
     };
-    let Some(cpu) = nth_cpu(cpus, NEXT_WORKER.fetch_add(1, Ordering::Relaxed)) else {
-        return;
-    };
+    if let Some(cpu) = nth_cpu(cpus, NEXT_WORKER.fetch_add(1, Ordering::Relaxed)) {
+        let _ = pin(0, cpu);
+    }
+}
+
+/// Keep process or thread `pid` (0: the calling thread) on `cpu` alone.
+pub(super) fn pin(pid: libc::pid_t, cpu: usize) -> io::Result<()> {
+    if cpu >= SET_BITS {
+        return Err(io::Error::other(
+            "a CPU number beyond what a cpu_set_t holds",
+        ));
+    }
     // SAFETY: an all-zero cpu_set_t is a valid, empty set; CPU_SET stays within it (`cpu`
-    // is one of `cpus`, of the same size) and the call only reads it.
+    // was checked above) and the call only reads it.
     unsafe {
         let mut only: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut only);
-        libc::sched_setaffinity(0, std::mem::size_of_val(&only), &only);
+        if libc::sched_setaffinity(pid, std::mem::size_of_val(&only), &only) != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
+    Ok(())
 }
 
 /// The CPUs a child cloned on this thread must take back, if this thread is a worker
@@ -81,12 +97,17 @@ pub(super) fn affinity() -> Option<libc::cpu_set_t> {
     }
 }
 
-/// The CPU at `turn` (modulo their number) in `cpus`, in ascending order.
-fn nth_cpu(cpus: &libc::cpu_set_t, turn: usize) -> Option<usize> {
-    let members: Vec<usize> = (0..8 * std::mem::size_of::<libc::cpu_set_t>())
+/// The CPUs in `cpus`, in ascending order.
+pub(super) fn members(cpus: &libc::cpu_set_t) -> Vec<usize> {
+    (0..SET_BITS)
         // SAFETY: every index is below the set's size in bits; the set is only read.
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, cpus) })
-        .collect();
+        .collect()
+}
+
+/// The CPU at `turn` (modulo their number) in `cpus`, in ascending order.
+fn nth_cpu(cpus: &libc::cpu_set_t, turn: usize) -> Option<usize> {
+    let members = members(cpus);
     (!members.is_empty()).then(|| members[turn % members.len()])
 }
 

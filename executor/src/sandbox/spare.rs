@@ -520,21 +520,12 @@ unsafe fn spare_main(start: &SpareStart) -> ! {
     }
 }
 
-/// Pin process `pid` to the CPU the calling thread runs on.
+/// Pin process `pid` to the CPU the calling thread runs on (left where the kernel wakes it
+/// when that cannot be done).
 fn pin_to_current_cpu(pid: i32) {
     // SAFETY: no arguments; reads the calling thread's CPU.
-    let Ok(cpu) = usize::try_from(unsafe { libc::sched_getcpu() }) else {
-        return;
-    };
-    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-        return; // beyond what a cpu_set_t holds: left where the kernel wakes it
-    }
-    // SAFETY: an all-zero cpu_set_t is a valid, empty set; CPU_SET stays within it (the
-    // CPU number was checked above) and the call only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set);
+    if let Ok(cpu) = usize::try_from(unsafe { libc::sched_getcpu() }) {
+        let _ = super::cpus::pin(pid, cpu);
     }
 }
 

@@ -90,19 +90,11 @@ impl Spawners {
     /// Start a spawner on every CPU the executor may run on, each with `program` loaded.
     /// `Err` if any of them could not load it.
     fn start(program: &BpfProgram) -> io::Result<Spawners> {
-        // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
-        let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid, writable set of the size given.
-        if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&cpus), &mut cpus) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let cpus = super::cpus::affinity().ok_or_else(io::Error::last_os_error)?;
         let mut by_cpu = Vec::new();
-        for cpu in 0..8 * std::mem::size_of::<libc::cpu_set_t>() {
-            // SAFETY: `cpu` is below the set's size in bits.
-            if unsafe { libc::CPU_ISSET(cpu, &cpus) } {
-                by_cpu.resize(cpu + 1, None);
-                by_cpu[cpu] = Some(Spawner::start(cpu, program)?);
-            }
+        for cpu in super::cpus::members(&cpus) {
+            by_cpu.resize(cpu + 1, None);
+            by_cpu[cpu] = Some(Spawner::start(cpu, program)?);
         }
         if by_cpu.is_empty() {
             return Err(io::Error::other("the executor may run on no CPU"));
@@ -257,15 +249,7 @@ impl Spawner {
 /// Pin the calling thread to `cpu`, then load `program` on it (with `no_new_privs`, which
 /// the kernel requires without CAP_SYS_ADMIN). Both are this thread's alone.
 fn pin_and_filter(cpu: usize, program: &BpfProgram) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; `cpu` is below its size in bits (the caller read
-    // it from one).
-    unsafe {
-        let mut only: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut only);
-        if libc::sched_setaffinity(0, std::mem::size_of_val(&only), &only) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    super::cpus::pin(0, cpu)?;
     let filter = fprog(program);
     // SAFETY: prctl and seccomp with a pointer to a filter that lives across the call; they
     // change only this thread (no SECCOMP_FILTER_FLAG_TSYNC).
