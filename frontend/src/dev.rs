@@ -242,8 +242,15 @@ async fn terminate(child: &mut tokio::process::Child) {
     }
 }
 
-/// Run nox for development until Ctrl-C or SIGTERM.
-pub async fn run() -> Result<(), DevError> {
+/// The frontend's settings in development mode: built-in defaults and `NOX_*` variables
+/// (no configuration file).
+pub fn load_config() -> Result<FrontendConfig, DevError> {
+    load("frontend", &ConfigFile::None, FrontendConfig::default()).map_err(DevError::Config)
+}
+
+/// Run nox for development until Ctrl-C or SIGTERM: `config` (development mode reads it
+/// from the environment only, see [`load_config`]) with the development token.
+pub async fn run(mut config: FrontendConfig) -> Result<(), DevError> {
     let as_root = nix::unistd::geteuid().is_root();
     // As root the jobs run as the sandbox user, who cannot pass through /root (0700):
     // keep the state where that user can reach it, unless told otherwise.
@@ -268,8 +275,6 @@ pub async fn run() -> Result<(), DevError> {
     let token = load_or_create_token(&state_dir.join("dev-token"))?;
     let socket_path = state_dir.join("executor.sock");
 
-    let mut config: FrontendConfig =
-        load("frontend", &ConfigFile::None, FrontendConfig::default()).map_err(DevError::Config)?;
     config.api_token = Some(token.clone());
     config.token_files.clear();
     config.read_credentials_directory = false;

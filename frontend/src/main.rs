@@ -131,11 +131,9 @@ fn runtime(config: &FrontendConfig) -> Result<tokio::runtime::Runtime, MainError
 }
 
 fn dev() -> Result<(), MainError> {
-    // Development mode reads its settings from the environment only; a bad one is
-    // reported by `dev::run`, which loads them again.
-    let config = load("frontend", &ConfigFile::None, FrontendConfig::default()).unwrap_or_default();
+    let config = nox_frontend::dev::load_config().map_err(MainError::Dev)?;
     runtime(&config)?
-        .block_on(nox_frontend::dev::run())
+        .block_on(nox_frontend::dev::run(config))
         .map_err(MainError::Dev)
 }
 
