@@ -279,11 +279,13 @@ fn spawn_floor(
                         .status();
                     let done = start.elapsed();
                     match status {
-                        Ok(status) if !status.success() => errors += 1,
-                        Err(_) => errors += 1,
-                        // Within the window (see `Settings`).
-                        Ok(_) if done <= settings.duration => latencies.push(begun.elapsed()),
-                        Ok(_) => {}
+                        // Counted within the window (see `Settings`).
+                        Ok(status) if status.success() => {
+                            if done <= settings.duration {
+                                latencies.push(begun.elapsed());
+                            }
+                        }
+                        _ => errors += 1,
                     }
                     std::thread::sleep(settings.pause);
                 }
