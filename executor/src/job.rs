@@ -81,7 +81,13 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// at once (most) sends them together; one that runs on sends `Started`, and what it printed
 /// so far, after this (its pipes are read only from then on, or from its exit).
 const STARTED_HOLD: Duration = Duration::from_millis(2);
+/// Most a read of a job's output takes at once: what a pipe holds.
 const READ_BUFFER: usize = 64 * 1024;
+/// What a job's output buffers start with. Most jobs print little; a buffer this small
+/// comes from the thread's cache of small blocks, where a 64 KiB one took the allocator's
+/// slow path twice per job (and its free made it sort every cached small block). The
+/// first read that fills it makes it [`READ_BUFFER`].
+const FIRST_READ_BUFFER: usize = 512;
 
 /// Reads of each output pipe at once after the job's exit, before what is left (written
 /// by a process the job left behind, until it is killed) is read as it comes.
@@ -465,10 +471,9 @@ impl JobRunner {
         tokio::pin!(timeout);
         let mut exit = spawned.exit;
         let mut report: Option<Result<ExitReport, ()>> = None;
-        // Not zeroed: reads fill the spare capacity (most jobs print little, and zeroing
-        // 128 KiB per job showed in profiles).
-        let mut out_buffer = bytes::BytesMut::with_capacity(READ_BUFFER);
-        let mut err_buffer = bytes::BytesMut::with_capacity(READ_BUFFER);
+        // Not zeroed: reads fill the spare capacity.
+        let mut out_buffer = bytes::BytesMut::with_capacity(FIRST_READ_BUFFER);
+        let mut err_buffer = bytes::BytesMut::with_capacity(FIRST_READ_BUFFER);
 
         // Most jobs end while their `Started` is held. Until then the output pipes are not
         // watched: what the job wrote waits in them (it blocks only past a pipe's 64 KiB),
@@ -513,7 +518,7 @@ impl JobRunner {
                             if relay(&mut watch, &mut held, replies, stream, &buffer[..n]).await {
                                 self.sandbox.kill(pid, zygote.as_ref());
                             }
-                            buffer.clear();
+                            emptied(buffer);
                         }
                         // Held open by a process the job left behind: read as it comes.
                         Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -590,8 +595,7 @@ impl JobRunner {
                 if relay(&mut watch, &mut held, replies, stream, &buffer[..n]).await {
                     self.sandbox.kill(pid, zygote.as_ref());
                 }
-                // Empty again, with all its capacity: a full buffer would read as EOF.
-                buffer.clear();
+                emptied(buffer);
             }
         }
 
@@ -660,6 +664,16 @@ async fn relay(
 
 /// Read what `pipe` has into `buffer`'s spare capacity (a `select!` branch is only polled
 /// while its pipe is open, so `None` never is).
+/// Empty `buffer` again for the next read, with all its capacity (a full buffer would
+/// read as EOF); grown to [`READ_BUFFER`] once a read has filled it.
+fn emptied(buffer: &mut bytes::BytesMut) {
+    let filled = buffer.len() == buffer.capacity();
+    buffer.clear();
+    if filled {
+        buffer.reserve(READ_BUFFER);
+    }
+}
+
 async fn read_some(
     pipe: Option<&mut pipe::Receiver>,
     buffer: &mut bytes::BytesMut,

@@ -124,6 +124,9 @@ fn start(args: Args) -> Result<(), ExecutorError> {
     }
     // Each runtime worker is kept on a CPU of its own (see `sandbox::cpus`).
     cpus::remember();
+    if let Err(error) = nox_executor::sandbox::spawn::reserve_low_descriptors() {
+        tracing::warn!(%error, "could not reserve the low descriptor numbers; jobs start a little slower");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nox-executor")
