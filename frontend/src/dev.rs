@@ -8,9 +8,11 @@
 //! `LISTEN_FDNAMES=jobs` — through `/bin/sh`, whose `exec` keeps the pid `LISTEN_PID` names.
 //! The socket reaches the shell as its standard input and the shell moves it to fd 3: no
 //! descriptor number above 9 (which dash cannot redirect) and no unsafe code are involved.
-//! If the executor exits it is restarted after a second on the same socket, so requests made
-//! meanwhile wait in the socket's backlog. `/etc/nox/nox.toml` is not read; `NOX_*`
-//! variables still apply (`NOX_PORT`, `NOX_BIND_ADDR`, `NOX_LOG`, ...).
+//! If the executor exits it is restarted after a second on the same socket: connections made
+//! meanwhile wait in the socket's backlog, and their requests get 503 `executor_unavailable`
+//! once `executor_connect_timeout_ms` has passed (as under systemd, `RestartSec=1s`).
+//! `/etc/nox/nox.toml` is not read; `NOX_*` variables still apply (`NOX_PORT`,
+//! `NOX_BIND_ADDR`, `NOX_LOG`, ...).
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -304,16 +306,12 @@ pub async fn run(mut config: FrontendConfig) -> Result<(), DevError> {
         Ok(local) => format!("http://{local}"),
         Err(_) => format!("http://{address}"),
     };
+    // Watched before the banner invites anyone to stop it.
+    let signalled = crate::shutdown_signal();
     print_banner(&url, &token, &state_dir.join("workspaces").join("default"));
 
     // No supervisor restarts this process: `POST /actions/restart` restarts in-process.
-    let served = crate::run_with(
-        listener,
-        config,
-        crate::shutdown_signal(),
-        crate::RestartMode::InProcess,
-    )
-    .await;
+    let served = crate::run_with(listener, config, signalled, crate::RestartMode::InProcess).await;
     stop.cancel();
     let _ = supervisor.await;
     let _ = std::fs::remove_file(&socket_path);

@@ -54,23 +54,33 @@ pub enum FrontendError {
     ListenerAddress(#[source] std::io::Error),
 }
 
-/// Wait for SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
+/// A future that ends at SIGINT (Ctrl-C) or SIGTERM, both watched from this call on: a
+/// signal that comes before the future is first polled (say, right after the banner or the
+/// readiness notification) still ends it, rather than killing the process with its children
+/// left behind. Call it within the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the frontend");
-                std::future::pending::<()>().await;
+    let watch = |kind: SignalKind, name: &'static str| {
+        let stream = signal(kind);
+        async move {
+            match stream {
+                Ok(mut stream) => {
+                    stream.recv().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, signal = name, "cannot watch this signal");
+                    std::future::pending::<()>().await;
+                }
             }
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
+    let interrupt = watch(SignalKind::interrupt(), "SIGINT");
+    let terminate = watch(SignalKind::terminate(), "SIGTERM");
+    async move {
+        tokio::select! {
+            () = interrupt => tracing::info!("SIGINT received"),
+            () = terminate => tracing::info!("SIGTERM received"),
+        }
     }
 }
 

@@ -162,9 +162,10 @@ fn serve(
                     .map_err(|source| MainError::Bind { address, source })?
             }
         };
+        let signalled = nox_frontend::shutdown_signal();
         let _ = sd_notify::notify(&[NotifyState::Ready]);
         let shutdown = async {
-            nox_frontend::shutdown_signal().await;
+            signalled.await;
             let _ = sd_notify::notify(&[NotifyState::Stopping]);
         };
         nox_frontend::run(listener, config, shutdown)

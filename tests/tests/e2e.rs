@@ -9,6 +9,7 @@ mod e2e {
     mod api;
     mod auth;
     mod config;
+    mod dev;
     mod isolation;
     mod jobs;
     mod limits;
