@@ -29,7 +29,7 @@ use crate::sandbox::reaper::ExitReport;
 use crate::sandbox::spawn::{self, JobCommand, SpawnedJob};
 use crate::sandbox::zygote::WarmPython;
 use crate::sandbox::{JobIdentity, Sandbox, SandboxError};
-use crate::scratch::{Scratch, Scratches};
+use crate::scratch::{Scratch, Scratches, Untouched};
 use crate::views::ViewLease;
 use crate::workspace::{WorkspaceError, Workspaces};
 use nox_protocol::error_chain;
@@ -314,19 +314,23 @@ impl JobRunner {
             warm,
             view,
         };
-        let (spawned, _view) = if inline {
+        let Started {
+            job,
+            view: _view,
+            untouched,
+        } = if inline {
             prepared.spawn()?
         } else {
             tokio::task::spawn_blocking(move || prepared.spawn()).await??
         };
         let result = self
-            .supervise(&spec, spawned, limits, queued_ms, replies, cancel)
+            .supervise(&spec, job, limits, queued_ms, replies, cancel)
             .await;
         // Nobody waits for the cleanup: the reply has been sent. An empty scratch directory
         // (most jobs) is kept at once, here: a blocking thread's two wake-ups cost more.
         if !self
             .scratches
-            .release_if_empty(&scratch_path, &spec.workspace)
+            .release_if_empty(&scratch_path, &spec.workspace, untouched)
         {
             let scratches = Arc::clone(&self.scratches);
             let workspace = spec.workspace.clone();
@@ -824,17 +828,23 @@ struct Prepared {
 
 impl Prepared {
     /// Workspace, code file, scratch directory, then the job's process. Blocking. Gives
-    /// back the view's lease, for the job's lifetime. The scratch directory is released
+    /// back the view's lease, for the job's lifetime, and whether the scratch directory
+    /// was a kept one left alone (for its release). The scratch directory is released
     /// again if the job cannot start.
-    fn spawn(self) -> Result<(SpawnedJob, Option<ViewLease>), JobError> {
+    fn spawn(self) -> Result<Started, JobError> {
         let started = self.start();
         if started.is_err() {
             self.scratches.release(self.scratch.path(), &self.workspace);
         }
-        Ok((started?, self.view))
+        let (job, untouched) = started?;
+        Ok(Started {
+            job,
+            view: self.view,
+            untouched,
+        })
     }
 
-    fn start(&self) -> Result<SpawnedJob, JobError> {
+    fn start(&self) -> Result<(SpawnedJob, Option<Untouched>), JobError> {
         // The job runs as its workspace's own uid (see `owners`).
         let (workdir, owner) = self.workspaces.ensure(&self.workspace)?;
         self.workspaces.check_quota(&self.workspace)?;
@@ -842,7 +852,8 @@ impl Prepared {
             self.workspaces.write_file(&self.workspace, path, code)?;
         }
         let scratch = self.scratch.path();
-        self.scratches
+        let untouched = self
+            .scratches
             .make(&self.scratch, owner)
             .map_err(|source| JobError::Scratch {
                 path: scratch.to_owned(),
@@ -866,8 +877,16 @@ impl Prepared {
             ),
             None => self.sandbox.spawn(&self.command, &writable, owner, view),
         };
-        Ok(spawned?)
+        Ok((spawned?, untouched))
     }
+}
+
+/// A job whose process runs, see [`Prepared::spawn`].
+struct Started {
+    job: SpawnedJob,
+    /// Held until the job has ended: its view goes to another workspace only then.
+    view: Option<ViewLease>,
+    untouched: Option<Untouched>,
 }
 
 /// What happened while a job ran.

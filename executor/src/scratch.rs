@@ -12,19 +12,26 @@
 //! into a job-named place) cost two directory updates per job (`/run_sh true` c=1 p50
 //! -39 µs without them). One `stat` when a kept directory is taken checks that it is
 //! still there, still the job's and 0700: one removed or changed from outside is made
-//! anew, and the job runs.
+//! anew, and the job runs. When the job ends, one more `stat` tells whether anything was
+//! created or removed in it ([`Untouched`]); only then is it listed (and emptied).
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 /// Emptied directories kept, over all uids; past this many, one is removed instead.
 const KEPT: usize = 64;
 
 /// Prefix of a scratch directory's name.
 const PREFIX: &str = "tmp-";
+
+/// How long a kept directory must have been left alone (its status change time this far in
+/// the past when it is taken) for [`Untouched`] to tell whether a job changed it: far more
+/// than the clock tick the kernel stamps changes with.
+const SETTLED: Duration = Duration::from_millis(50);
 
 /// Prefix of the directories kept by executors before 2026-12 (removed at start).
 const OLD_KEPT_PREFIX: &str = ".kept-";
@@ -56,6 +63,41 @@ pub struct Scratch {
 impl Scratch {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// A kept directory as it was when a job took it, empty: if it is still the same directory
+/// with the same status change time when the job ends, nothing was created, removed or
+/// renamed in it meanwhile (each of those sets the time to the current one, which is later
+/// by more than a tick, see [`SETTLED`]; nor can a job set it back, as it can the
+/// modification time), so it is still empty and is kept without being listed: one `stat`
+/// where listing took five calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Untouched {
+    dev: u64,
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl Untouched {
+    fn of(metadata: &std::fs::Metadata) -> Untouched {
+        Untouched {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            ctime: metadata.ctime(),
+            ctime_nsec: metadata.ctime_nsec(),
+        }
+    }
+
+    /// `Some` for a directory last changed at least [`SETTLED`] ago.
+    fn settled(metadata: &std::fs::Metadata) -> Option<Untouched> {
+        let changed = SystemTime::UNIX_EPOCH.checked_add(Duration::new(
+            u64::try_from(metadata.ctime()).ok()?,
+            u32::try_from(metadata.ctime_nsec()).ok()?,
+        ))?;
+        let age = SystemTime::now().duration_since(changed).ok()?;
+        (age >= SETTLED).then(|| Untouched::of(metadata))
     }
 }
 
@@ -112,8 +154,13 @@ impl Scratches {
     /// Make `scratch` the empty 0700 directory of a job running as `owner` (`None`: as
     /// the executor itself): a kept directory is that already (it was emptied when kept)
     /// if it is still there, still the owner's and 0700; otherwise it is made anew, over
-    /// whatever is in its place.
-    pub fn make(&self, scratch: &Scratch, owner: Option<(u32, u32)>) -> io::Result<()> {
+    /// whatever is in its place. [`Untouched`] for a kept one left alone a while, for
+    /// [`Scratches::release_if_empty`].
+    pub fn make(
+        &self,
+        scratch: &Scratch,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<Option<Untouched>> {
         let ids = owner.unwrap_or_else(|| {
             (
                 nix::unistd::geteuid().as_raw(),
@@ -124,8 +171,9 @@ impl Scratches {
             Ok(found) if scratch.kept && found.is_dir() && (found.uid(), found.gid()) == ids => {
                 if found.mode() & 0o7777 != 0o700 {
                     std::fs::set_permissions(&scratch.path, PermissionsExt::from_mode(0o700))?;
+                    return Ok(None);
                 }
-                return Ok(());
+                return Ok(Untouched::settled(&found));
             }
             // Another owner's now (the workspace changed hands), not a directory, or, at a
             // new name (never a running job's: names are this executor's own), left there
@@ -142,7 +190,7 @@ impl Scratches {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&scratch.path, Some(uid), Some(gid))?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The job of `workspace` whose directory is `path` is over: empty the directory and
@@ -153,11 +201,21 @@ impl Scratches {
     }
 
     /// [`Scratches::release`] if the job left its directory empty, as most jobs do: then it
-    /// costs a few system calls and is done at once (true). False, and nothing done, if
-    /// the job left something there. (No `stat` first: what is at `path` when it is taken
+    /// costs one `stat` if the directory is [`Untouched`] since [`Scratches::make`], a
+    /// listing (a few system calls) otherwise, and is done at once (true). False, and
+    /// nothing done, if the job left something there. (What is at `path` when it is taken
     /// again, a directory or not, is checked then, in [`Scratches::make`].)
-    pub fn release_if_empty(&self, path: &Path, workspace: &str) -> bool {
-        let empty = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none());
+    pub fn release_if_empty(
+        &self,
+        path: &Path,
+        workspace: &str,
+        untouched: Option<Untouched>,
+    ) -> bool {
+        let unchanged = untouched.is_some_and(|taken| {
+            std::fs::symlink_metadata(path).is_ok_and(|now| Untouched::of(&now) == taken)
+        });
+        let empty =
+            unchanged || std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none());
         if empty {
             self.keep_or_remove(path, workspace, true);
         }
@@ -245,7 +303,7 @@ mod tests {
         let scratches = Scratches::new(root.path().join("jobs")).unwrap();
         let first = made(&scratches, "w");
         std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(scratches.release_if_empty(&first, "w"));
+        assert!(scratches.release_if_empty(&first, "w", None));
         let again = made(&scratches, "w");
         assert_eq!(again, first);
         assert_eq!(
@@ -253,8 +311,63 @@ mod tests {
             0o700
         );
         std::fs::write(again.join("f"), b"x").unwrap();
-        assert!(!scratches.release_if_empty(&again, "w"), "not empty");
+        assert!(!scratches.release_if_empty(&again, "w", None), "not empty");
         assert!(again.join("f").exists(), "nothing done");
+    }
+
+    #[test]
+    fn a_kept_directory_left_alone_is_kept_again_unlisted_and_one_a_job_changed_is_listed() {
+        let root = tempfile::tempdir().unwrap();
+        let scratches = Scratches::new(root.path().join("jobs")).unwrap();
+        let first = made(&scratches, "w");
+        assert!(scratches.release_if_empty(&first, "w", None));
+        // Just made: changed too recently for its change time to tell anything.
+        let scratch = scratches.take("w");
+        assert_eq!(scratches.make(&scratch, None).unwrap(), None);
+        assert!(scratches.release_if_empty(&first, "w", None));
+        let settled = || {
+            std::thread::sleep(SETTLED + Duration::from_millis(10));
+            let scratch = scratches.take("w");
+            assert_eq!(scratch.path(), first);
+            scratches
+                .make(&scratch, None)
+                .unwrap()
+                .expect("left alone long enough")
+        };
+
+        // Left alone by its job: kept, on the change time alone.
+        let untouched = settled();
+        assert!(scratches.release_if_empty(&first, "w", Some(untouched)));
+        // A file left there: its listing says so, and nothing is done.
+        let untouched = settled();
+        std::fs::write(first.join("f"), b"x").unwrap();
+        assert!(!scratches.release_if_empty(&first, "w", Some(untouched)));
+        scratches.release(&first, "w");
+        // ... even with the directory's modification time set back by the job.
+        let untouched = settled();
+        let modified = std::fs::metadata(&first).unwrap().modified().unwrap();
+        std::fs::write(first.join("g"), b"x").unwrap();
+        std::fs::File::open(&first)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&first).unwrap().modified().unwrap(),
+            modified
+        );
+        assert!(!scratches.release_if_empty(&first, "w", Some(untouched)));
+        scratches.release(&first, "w");
+        // A file made and removed again: changed, listed, empty, kept.
+        let untouched = settled();
+        std::fs::write(first.join("h"), b"x").unwrap();
+        std::fs::remove_file(first.join("h")).unwrap();
+        assert!(scratches.release_if_empty(&first, "w", Some(untouched)));
+        // Replaced from outside by another empty directory: not the one taken, listed.
+        let untouched = settled();
+        std::fs::remove_dir(&first).unwrap();
+        std::fs::create_dir(&first).unwrap();
+        std::fs::write(first.join("i"), b"x").unwrap();
+        assert!(!scratches.release_if_empty(&first, "w", Some(untouched)));
     }
 
     #[test]
@@ -279,7 +392,7 @@ mod tests {
         std::fs::create_dir(&elsewhere).unwrap();
         std::fs::remove_dir(&first).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &first).unwrap();
-        assert!(scratches.release_if_empty(&first, "w"));
+        assert!(scratches.release_if_empty(&first, "w", None));
         assert_eq!(made(&scratches, "w"), first);
         assert!(!std::fs::symlink_metadata(&first).unwrap().is_symlink());
         assert!(elsewhere.is_dir());
