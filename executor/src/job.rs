@@ -666,8 +666,6 @@ async fn relay(
     kill
 }
 
-/// Read what `pipe` has into `buffer`'s spare capacity (a `select!` branch is only polled
-/// while its pipe is open, so `None` never is).
 /// Empty `buffer` again for the next read, with all its capacity (a full buffer would
 /// read as EOF); grown to [`READ_BUFFER`] once a read has filled it.
 fn emptied(buffer: &mut bytes::BytesMut) {
@@ -678,6 +676,8 @@ fn emptied(buffer: &mut bytes::BytesMut) {
     }
 }
 
+/// Read what `pipe` has into `buffer`'s spare capacity (a `select!` branch is only polled
+/// while its pipe is open, so `None` never is).
 async fn read_some(
     pipe: Option<&mut pipe::Receiver>,
     buffer: &mut bytes::BytesMut,
