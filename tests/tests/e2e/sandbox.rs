@@ -346,6 +346,27 @@ fn the_environment_is_cleared_and_tmpdir_is_private_and_writable() {
 }
 
 #[test]
+fn a_kept_tmpdir_that_a_job_wrote_in_after_a_quiet_spell_comes_back_empty() {
+    // A kept TMPDIR left alone for a while is checked at its job's end by its change time
+    // alone (see the executor's `scratch::Untouched`): a job that writes in it, and sets
+    // its modification time back, must still leave the next job an empty one.
+    let nox = Nox::start_default();
+    let tmpdir = |reply: &Value| stdout(reply).lines().next().unwrap_or_default().to_owned();
+    let first = nox.run_sh("echo \"$TMPDIR\"");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let marked = nox.run_sh(
+        "echo \"$TMPDIR\"; touch \"$TMPDIR/left\"; mkdir \"$TMPDIR/sub\"; touch \"$TMPDIR/sub/deep\"; touch -m -r /etc/hostname \"$TMPDIR\"",
+    );
+    assert_eq!(marked["returncode"], 0, "{marked}");
+    // Its cleanup runs after the reply.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let next = nox.run_sh("echo \"$TMPDIR\"; ls -A \"$TMPDIR\"");
+    assert_eq!(tmpdir(&first), tmpdir(&marked), "the TMPDIR was not reused");
+    assert_eq!(tmpdir(&next), tmpdir(&marked), "the TMPDIR was not reused");
+    assert_eq!(stdout(&next).lines().count(), 1, "not empty: {next}");
+}
+
+#[test]
 fn a_job_inherits_no_descriptor_but_stdin_stdout_and_stderr() {
     let code = r#"
 import os
