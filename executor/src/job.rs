@@ -374,11 +374,16 @@ impl JobRunner {
         workdir: &Path,
         scratch: &Path,
     ) -> (JobCommand, Option<(String, String)>) {
+        // The workspace's uid has no passwd entry (see `owners`): `USER` and `LOGNAME`
+        // name the workspace, so that what asks the environment first (Python's
+        // `getpass.getuser()`, shells, many tools) gets a name instead of an error.
         let mut env = vec![
             ("PATH".to_owned(), self.config.job_path.clone()),
             ("HOME".to_owned(), workdir.display().to_string()),
             ("TMPDIR".to_owned(), scratch.display().to_string()),
             ("LANG".to_owned(), "C.UTF-8".to_owned()),
+            ("USER".to_owned(), spec.workspace.clone()),
+            ("LOGNAME".to_owned(), spec.workspace.clone()),
             ("NOX_JOB_ID".to_owned(), spec.job_id.clone()),
         ];
         let mut warm = None;

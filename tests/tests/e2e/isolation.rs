@@ -33,6 +33,28 @@ fn each_token_works_in_its_own_workspace() {
 }
 
 #[test]
+fn jobs_are_named_after_their_workspace_in_user_logname_and_getpass() {
+    let nox = two_tokens();
+    let code =
+        "import getpass, os\nprint(os.environ['USER'], os.environ['LOGNAME'], getpass.getuser())";
+    for workspace in ["alpha", "beta"] {
+        let client = nox.client_for(workspace);
+        let python = client.run_py(code);
+        assert_eq!(
+            python["stdout"],
+            format!("{workspace} {workspace} {workspace}\n"),
+            "{python}"
+        );
+        let shell = client.run_sh("echo \"$USER $LOGNAME\"");
+        assert_eq!(
+            shell["stdout"],
+            format!("{workspace} {workspace}\n"),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
 fn a_file_of_one_token_is_invisible_to_the_other_over_http() {
     let nox = two_tokens();
     let alpha = nox.client_for("alpha");

@@ -310,6 +310,10 @@ fn the_environment_is_cleared_and_tmpdir_is_private_and_writable() {
     );
     assert!(names.contains(&"TMPDIR"), "TMPDIR is set:\n{env}");
     assert!(names.contains(&"PATH"), "PATH is set:\n{env}");
+    // The workspace's uid has no passwd entry; USER and LOGNAME name the workspace.
+    for name in ["USER=default", "LOGNAME=default"] {
+        assert!(env.lines().any(|line| line == name), "{name}:\n{env}");
+    }
     assert_eq!(rest, "scratch\n", "TMPDIR is writable: {reply}");
     let tmpdir = env
         .lines()
