@@ -134,11 +134,13 @@ async fn a_shell_job_runs_in_its_workspace_with_a_clean_environment() {
             [
                 "HOME",
                 "LANG",
+                "LOGNAME",
                 "NOX_JOB_ID",
                 "PATH",
                 "PWD",
                 "TMPDIR",
                 "SHLVL",
+                "USER",
                 "_"
             ]
             .contains(name),
