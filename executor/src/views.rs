@@ -15,7 +15,9 @@
 //! - `/sys` as an overlay too, falling back to a read-only bind where sysfs cannot be a
 //!   lower layer;
 //! - a `/dev` of its own (a tmpfs with `null`, `zero`, `full`, `random`, `urandom` and the
-//!   `fd`/`stdin`/`stdout`/`stderr` links: what systemd's `PrivateDevices=` leaves a job);
+//!   `fd`/`stdin`/`stdout`/`stderr` links: what systemd's `PrivateDevices=` leaves a job),
+//!   and in it a `/dev/shm` tmpfs (POSIX semaphores and shared memory), emptied whenever
+//!   the view goes to another workspace;
 //! - a `/proc` of its own, `hidepid=invisible`, with `/proc/locks` covered;
 //! - the state directory and the workspace root bound in read-write (Landlock still lets
 //!   each job reach only its own workspace and scratch directory), and any extra readable
@@ -79,6 +81,10 @@ const DEVICES: [(&str, u64, u64); 5] = [
     ("random", 1, 8),
     ("urandom", 1, 9),
 ];
+
+/// A view's own `/dev/shm` (under its `/dev`), and the size of the tmpfs mounted there.
+pub const SHARED_MEMORY_DIR: &str = "shm";
+const SHARED_MEMORY_SIZE: &str = "64m";
 
 /// The links of a view's `/dev`.
 const DEVICE_LINKS: [(&str, &str); 4] = [
@@ -396,6 +402,19 @@ fn devices(root: &Path) -> Result<(), ViewError> {
         std::os::unix::fs::symlink(target, dev.join(name))
             .map_err(step(format!("link /dev/{name} in the view")))?;
     }
+    // POSIX semaphores and shared memory (Python's multiprocessing locks, queues and
+    // pools) live in /dev/shm: the view's own, emptied whenever the view goes to another
+    // workspace ([`Views::lease`]), so it is never a channel between tenants.
+    let shm = dev.join(SHARED_MEMORY_DIR);
+    make_dir(&shm, 0o1777)?;
+    mount(
+        Some("tmpfs"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("mode=1777,size={SHARED_MEMORY_SIZE}").as_str()),
+    )
+    .map_err(step("mount /dev/shm in the view"))?;
     mount(
         None::<&str>,
         &dev,
@@ -554,6 +573,26 @@ impl View {
         self.namespaces.is_some()
     }
 
+    /// Remove everything in the view's `/dev/shm` (a view made before it had one has
+    /// none: nothing to do).
+    fn empty_shared_memory(&self) -> io::Result<()> {
+        let shm = self.path.join("dev").join(SHARED_MEMORY_DIR);
+        let entries = match std::fs::read_dir(&shm) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
     /// `path`, absolute as a job names it, opened inside the view: resolved as if the
     /// view were the root (symbolic links and `..` included), close-on-exec.
     pub fn open(&self, path: &Path, flags: OFlag) -> io::Result<OwnedFd> {
@@ -668,6 +707,19 @@ impl Views {
                 .position(|&free| state.last[free].as_deref() == Some(workspace))
                 .unwrap_or(0);
             let index = state.free.remove(at)?;
+            if state.last[index].as_deref() != Some(workspace)
+                && let Err(error) = self.views[index].empty_shared_memory()
+            {
+                // Never handed to another workspace with what the last one left there:
+                // the job is refused (`NoView`), the view stays free for a later try.
+                tracing::error!(
+                    view = index,
+                    error = %error,
+                    "could not empty a view's /dev/shm; the job is refused"
+                );
+                state.free.push_back(index);
+                return None;
+            }
             state.held.insert(workspace.to_owned(), (index, 1));
             state.last[index] = Some(workspace.to_owned());
             index

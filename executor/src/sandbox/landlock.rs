@@ -38,6 +38,9 @@ const SYSTEM_READ_PATHS: [&str; 12] = [
     "/sys", "/dev",
 ];
 
+/// Where a job in a view may also create and write files: the view's own `/dev/shm`.
+const VIEW_SHARED_MEMORY: &str = "/dev/shm";
+
 /// Device files a job may also write (`> /dev/null` is everywhere in shell scripts).
 const WRITABLE_DEVICES: [&str; 3] = ["/dev/null", "/dev/zero", "/dev/full"];
 
@@ -163,10 +166,18 @@ impl LandlockPolicy {
     /// through `view` (a view's system directories are inodes of its own overlays, which
     /// the executor's own paths' rules would not cover), or in the executor's own root.
     fn fixed_rules(&self, view: Option<&View>) -> Rules {
-        rules(self.abi, &self.read_paths, |path| match view {
+        let mut rules = rules(self.abi, &self.read_paths, |path| match view {
             Some(view) => view.open(path, nix::fcntl::OFlag::O_PATH),
             None => Ok(open_path(path)?.0),
-        })
+        });
+        // A view's /dev/shm is its own (see `views`); the host's is shared by everyone.
+        if let Some(view) = view
+            && let Ok(shm) = view.open(Path::new(VIEW_SHARED_MEMORY), nix::fcntl::OFlag::O_PATH)
+        {
+            let access = AccessFs::from_read(self.abi) | AccessFs::from_write(self.abi);
+            rules.push((shm, access & !AccessFs::Execute));
+        }
+        rules
     }
 
     /// Rulesets kept now.

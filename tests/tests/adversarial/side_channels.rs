@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use nox_e2e::{Client, Nox, random_hex, unique};
+use nox_e2e::{Client, Nox, random_hex, skip, unique};
 use serde_json::{Value, json};
 
 use super::common::{self, PY_SYSCALL, assert_serving, marker, py, stdout, tenants};
@@ -152,18 +152,58 @@ except OSError:
     for path in &leftover {
         let _ = std::fs::remove_file(path);
     }
-    // ENOENT in a workspace's view (its /dev has no shm), EACCES (Landlock) without one.
+    // Made in the /dev/shm of alpha's view (its own), EACCES (Landlock) without views.
     assert!(
         [
-            "file errno 2\nshm_open errno 2\n",
+            "file CREATED\nshm_open CREATED\n",
             "file errno 13\nshm_open errno 13\n"
         ]
         .contains(&stdout(&alpha)),
         "{alpha}"
     );
     assert_eq!(stdout(&beta), "file False\nposix absent\n", "{beta}");
-    assert!(leftover.is_empty(), "left in /dev/shm: {leftover:?}");
+    assert!(
+        leftover.is_empty(),
+        "left in the host's /dev/shm: {leftover:?}"
+    );
     assert_serving(nox);
+}
+
+#[test]
+fn a_views_dev_shm_is_emptied_before_another_workspace_gets_the_view() {
+    // One job slot, so one view: alpha's, then beta's, then alpha's again.
+    let alpha_token = format!("alpha-{}", random_hex(16));
+    let beta_token = format!("beta-{}", random_hex(16));
+    let nox = Nox::builder()
+        .executor_toml("max_concurrent_jobs = 1")
+        .tokens(&[("alpha", &alpha_token), ("beta", &beta_token)])
+        .start();
+    let views =
+        nox.client().health().expect_json(200)["executor"]["layers"]["views"]["active"] == true;
+    if !views {
+        skip(
+            "a_views_dev_shm_is_emptied_before_another_workspace_gets_the_view",
+            "no views here (they need root and namespaces)",
+        );
+        return;
+    }
+    let secret = unique("ALPHA-SHM");
+    let leave = format!(
+        "from multiprocessing import shared_memory\nopen('/dev/shm/left', 'w').write('{secret}')\nm = shared_memory.SharedMemory(name='kept', create=True, size=4096)\nm.buf[:4] = b'ALFA'\nm.close()\nimport os; print(sorted(os.listdir('/dev/shm')))\n"
+    );
+    let look = "import os\nprint(sorted(os.listdir('/dev/shm')))\n";
+    let alpha = nox.client_for("alpha");
+    let beta = nox.client_for("beta");
+    let left = alpha.run("/run_py", &json!({ "code": leave }));
+    assert_eq!(stdout(&left), "['kept', 'left']\n", "{left}");
+    // The same workspace again: its view, as it left it.
+    let again = alpha.run("/run_py", &json!({ "code": look }));
+    assert_eq!(stdout(&again), "['kept', 'left']\n", "{again}");
+    // Another workspace: the same view, emptied.
+    let seen = beta.run("/run_py", &json!({ "code": look }));
+    assert_eq!(stdout(&seen), "[]\n", "beta sees alpha's /dev/shm: {seen}");
+    assert!(!stdout(&seen).contains(&secret));
+    assert_serving(&nox);
 }
 
 #[test]

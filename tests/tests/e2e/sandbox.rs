@@ -218,10 +218,15 @@ for name, call in [("setsid", os.setsid), ("setpgid", lambda: os.setpgid(0, 0))]
 fn a_job_cannot_write_outside_its_workspace() {
     let nox = Nox::shared();
     let name = unique("escape");
+    // A view's /dev/shm is its own (`jobs_have_a_dev_shm_of_their_view_s_own`); without
+    // views it is the host's, shared by everyone.
+    let views =
+        nox.client().health().expect_json(200)["executor"]["layers"]["views"]["active"] == true;
+    let shm = if views { "/var/tmp" } else { "/dev/shm" };
     let targets = [
         format!("/tmp/{name}"),
         format!("/var/tmp/{name}"),
-        format!("/dev/shm/{name}"),
+        format!("{shm}/{name}"),
         format!("/etc/{name}"),
         format!("/var/lib/{name}"),
         nox.dir().join(&name).display().to_string(),
@@ -368,6 +373,35 @@ fn a_kept_tmpdir_that_a_job_wrote_in_after_a_quiet_spell_comes_back_empty() {
     assert_eq!(tmpdir(&first), tmpdir(&marked), "the TMPDIR was not reused");
     assert_eq!(tmpdir(&next), tmpdir(&marked), "the TMPDIR was not reused");
     assert_eq!(stdout(&next).lines().count(), 1, "not empty: {next}");
+}
+
+#[test]
+fn jobs_have_a_dev_shm_of_their_view_s_own_for_multiprocessing() {
+    let nox = Nox::shared();
+    let views =
+        nox.client().health().expect_json(200)["executor"]["layers"]["views"]["active"] == true;
+    if !views {
+        nox_e2e::skip(
+            "jobs_have_a_dev_shm_of_their_view_s_own_for_multiprocessing",
+            "no views here (they need root and namespaces)",
+        );
+        return;
+    }
+    let name = unique("shm");
+    let code = format!(
+        "import multiprocessing as mp, concurrent.futures as cf\nwith mp.Pool(2) as pool: print(pool.map(abs, [-1, -2]))\nq = mp.Queue(); q.put(7); print(q.get())\nwith cf.ProcessPoolExecutor(2) as ex: print(list(ex.map(abs, [-3])))\nopen('/dev/shm/{name}', 'w').write('x')\n"
+    );
+    let reply = nox.run_py(&code);
+    assert_eq!(stdout(&reply), "[1, 2]\n7\n[3]\n", "{reply}");
+    assert!(
+        !std::path::Path::new(&format!("/dev/shm/{name}")).exists(),
+        "the job wrote the host's /dev/shm"
+    );
+    let mount = nox.run_sh("grep ' /dev/shm ' /proc/self/mounts");
+    assert!(
+        stdout(&mount).contains("tmpfs /dev/shm tmpfs rw,nosuid,nodev,noexec"),
+        "{mount}"
+    );
 }
 
 #[test]
