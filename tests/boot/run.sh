@@ -607,6 +607,11 @@ sleep 0.3
 check "nox-views.service made the views; a job's /etc is its view's: a lock outside is not seen, its own is" jtest \
   "$(run_sh 'flock -n /etc/hostname true; echo "outside=$?"; flock /etc/hostname sleep 3 & sleep 0.5; flock -n /etc/hostname true; echo "own=$?"; wait')" \
   "'outside=0' in r['stdout'] and 'own=1' in r['stdout']" "r.get('stdout', r)"
+check "Python's multiprocessing (Pool, Queue) works in a job: its view's own /dev/shm, writable under the unit" jtest \
+  "$(run_py "import multiprocessing as mp, os
+with mp.Pool(2) as p: print(p.map(abs, [-1, -2]))
+q = mp.Queue(); q.put(7); print(q.get(), os.path.ismount('/dev/shm'))")" \
+  "r['stdout'] == '[1, 2]\\n7 True\\n'" "r.get('stdout', r) or r.get('stderr', r)"
 EXEC_NET=$(ct sh -c 'readlink /proc/$(systemctl show -P MainPID nox-executor.service)/ns/net')
 check "a job runs in its view's own network namespace, not the executor's ($EXEC_NET)" jtest \
   "$(run_sh 'readlink /proc/self/ns/net')" \

@@ -1020,6 +1020,11 @@ impl Nox {
         self.dir.path()
     }
 
+    /// Whether the executor says sandbox layer `layer` (as `/health` names it) is active.
+    pub fn layer_active(&self, layer: &str) -> bool {
+        self.client.health().expect_json(200)["executor"]["layers"][layer]["active"] == true
+    }
+
     /// `<dir>/workspaces`.
     pub fn workspace_root(&self) -> PathBuf {
         self.dir().join("workspaces")

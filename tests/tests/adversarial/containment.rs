@@ -568,8 +568,7 @@ fn nothing_can_be_created_outside_the_workspace_by_any_syscall() {
     let nox = Nox::shared();
     let name = unique("outside");
     // A view's /dev/shm is its own (see side_channels); without views it is the host's.
-    let views =
-        nox.client().health().expect_json(200)["executor"]["layers"]["views"]["active"] == true;
+    let views = nox.layer_active("views");
     let shm = if views { "/tmp" } else { "/dev/shm" };
     let dirs = [
         "/tmp".to_owned(),

@@ -178,8 +178,7 @@ fn a_views_dev_shm_is_emptied_before_another_workspace_gets_the_view() {
         .executor_toml("max_concurrent_jobs = 1")
         .tokens(&[("alpha", &alpha_token), ("beta", &beta_token)])
         .start();
-    let views =
-        nox.client().health().expect_json(200)["executor"]["layers"]["views"]["active"] == true;
+    let views = nox.layer_active("views");
     if !views {
         skip(
             "a_views_dev_shm_is_emptied_before_another_workspace_gets_the_view",

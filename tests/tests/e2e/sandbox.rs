@@ -220,8 +220,7 @@ fn a_job_cannot_write_outside_its_workspace() {
     let name = unique("escape");
     // A view's /dev/shm is its own (`jobs_have_a_dev_shm_of_their_view_s_own`); without
     // views it is the host's, shared by everyone.
-    let views =
-        nox.client().health().expect_json(200)["executor"]["layers"]["views"]["active"] == true;
+    let views = nox.layer_active("views");
     let shm = if views { "/var/tmp" } else { "/dev/shm" };
     let targets = [
         format!("/tmp/{name}"),
@@ -378,8 +377,7 @@ fn a_kept_tmpdir_that_a_job_wrote_in_after_a_quiet_spell_comes_back_empty() {
 #[test]
 fn jobs_have_a_dev_shm_of_their_view_s_own_for_multiprocessing() {
     let nox = Nox::shared();
-    let views =
-        nox.client().health().expect_json(200)["executor"]["layers"]["views"]["active"] == true;
+    let views = nox.layer_active("views");
     if !views {
         nox_e2e::skip(
             "jobs_have_a_dev_shm_of_their_view_s_own_for_multiprocessing",
