@@ -318,8 +318,12 @@ pub async fn run(mut config: FrontendConfig) -> Result<(), DevError> {
     served.map_err(DevError::Frontend)
 }
 
+/// The banner on standard output. A stdout that is closed or gone (`./dev.sh | head`) is
+/// no reason to stop: write errors are ignored (`println!` would panic, and so abort).
 fn print_banner(url: &str, token: &str, workspace: &Path) {
-    println!(
+    let mut out = io::stdout().lock();
+    let _ = writeln!(
+        out,
         "\nnox is running (development mode)\n\n\
          \x20 URL:        {url}\n\
          \x20 token:      {token}\n\
@@ -331,7 +335,7 @@ fn print_banner(url: &str, token: &str, workspace: &Path) {
          Stop with Ctrl-C.\n",
         workspace = workspace.display()
     );
-    let _ = io::stdout().flush();
+    let _ = out.flush();
 }
 
 #[cfg(test)]

@@ -79,11 +79,11 @@ fn start_dev(state_home: &Path, port: u16) -> (Dev, String, String) {
     let mut dev = Dev { child, log };
     let stdout = dev.child.stdout.take().unwrap();
     let (lines, banner) = mpsc::channel();
+    // Read to the end, whoever still listens: closing the pipe early would make the
+    // frontend's next write to stdout fail.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
+            let _ = lines.send(line);
         }
     });
     let (mut url, mut token) = (None, None);
