@@ -249,16 +249,22 @@ impl Scratches {
         if !std::fs::symlink_metadata(path).ok()?.is_dir() {
             return None;
         }
-        for entry in std::fs::read_dir(path).ok()? {
-            let entry = entry.ok()?;
-            let removed = match entry.file_type().ok()? {
-                kind if kind.is_dir() => std::fs::remove_dir_all(entry.path()),
-                _ => std::fs::remove_file(entry.path()),
-            };
-            removed.ok()?;
-        }
-        Some(())
+        remove_contents(path).ok()
     }
+}
+
+/// Remove everything in the directory at `path` (never following a symbolic link in it):
+/// a scratch directory here, a view's `/dev/shm` in `views`.
+pub fn remove_contents(path: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -82,8 +82,9 @@ const DEVICES: [(&str, u64, u64); 5] = [
     ("urandom", 1, 9),
 ];
 
-/// A view's own `/dev/shm` (under its `/dev`), and the size of the tmpfs mounted there.
-pub const SHARED_MEMORY_DIR: &str = "shm";
+/// A view's own `/dev/shm`, as a job names it (Landlock lets jobs in a view write there),
+/// and the size of the tmpfs mounted there.
+pub const SHARED_MEMORY: &str = "/dev/shm";
 const SHARED_MEMORY_SIZE: &str = "64m";
 
 /// The links of a view's `/dev`.
@@ -405,7 +406,7 @@ fn devices(root: &Path) -> Result<(), ViewError> {
     // POSIX semaphores and shared memory (Python's multiprocessing locks, queues and
     // pools) live in /dev/shm: the view's own, emptied whenever the view goes to another
     // workspace ([`Views::lease`]), so it is never a channel between tenants.
-    let shm = dev.join(SHARED_MEMORY_DIR);
+    let shm = inside(root, Path::new(SHARED_MEMORY));
     make_dir(&shm, 0o1777)?;
     mount(
         Some("tmpfs"),
@@ -576,21 +577,10 @@ impl View {
     /// Remove everything in the view's `/dev/shm` (a view made before it had one has
     /// none: nothing to do).
     fn empty_shared_memory(&self) -> io::Result<()> {
-        let shm = self.path.join("dev").join(SHARED_MEMORY_DIR);
-        let entries = match std::fs::read_dir(&shm) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(error),
-        };
-        for entry in entries {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                std::fs::remove_dir_all(entry.path())?;
-            } else {
-                std::fs::remove_file(entry.path())?;
-            }
+        match crate::scratch::remove_contents(&inside(&self.path, Path::new(SHARED_MEMORY))) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            emptied => emptied,
         }
-        Ok(())
     }
 
     /// `path`, absolute as a job names it, opened inside the view: resolved as if the

@@ -38,9 +38,6 @@ const SYSTEM_READ_PATHS: [&str; 12] = [
     "/sys", "/dev",
 ];
 
-/// Where a job in a view may also create and write files: the view's own `/dev/shm`.
-const VIEW_SHARED_MEMORY: &str = "/dev/shm";
-
 /// Device files a job may also write (`> /dev/null` is everywhere in shell scripts).
 const WRITABLE_DEVICES: [&str; 3] = ["/dev/null", "/dev/zero", "/dev/full"];
 
@@ -172,7 +169,10 @@ impl LandlockPolicy {
         });
         // A view's /dev/shm is its own (see `views`); the host's is shared by everyone.
         if let Some(view) = view
-            && let Ok(shm) = view.open(Path::new(VIEW_SHARED_MEMORY), nix::fcntl::OFlag::O_PATH)
+            && let Ok(shm) = view.open(
+                Path::new(crate::views::SHARED_MEMORY),
+                nix::fcntl::OFlag::O_PATH,
+            )
         {
             let access = AccessFs::from_read(self.abi) | AccessFs::from_write(self.abi);
             rules.push((shm, access & !AccessFs::Execute));
