@@ -358,14 +358,39 @@ impl Client {
     /// POSTs the JSON `body` to `endpoint` asking for NDJSON; checks the 200 and the
     /// content type, and returns the events with when each arrived since the request.
     pub fn stream_ndjson(&self, endpoint: &str, body: &Value) -> Vec<(Duration, Value)> {
+        let (response, start) = self.stream(endpoint, body, "application/x-ndjson");
+        read_ndjson(response, start)
+    }
+
+    /// As [`Client::stream_ndjson`], asking for server-sent events: each event's name must
+    /// be its data's `type`, and the reply must not be cached.
+    pub fn stream_sse(&self, endpoint: &str, body: &Value) -> Vec<(Duration, Value)> {
+        let (response, start) = self.stream(endpoint, body, "text/event-stream");
+        let cache_control = response
+            .headers()
+            .get("cache-control")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(
+            cache_control, "no-cache",
+            "cache-control of an event stream"
+        );
+        read_sse(response, start)
+    }
+
+    /// POST `body` with `Accept: accept`; the 200 reply of that content type.
+    fn stream(
+        &self,
+        endpoint: &str,
+        body: &Value,
+        accept: &str,
+    ) -> (ureq::http::Response<ureq::Body>, Instant) {
         let start = Instant::now();
         let response = self.send(
             "POST",
             endpoint,
-            &[
-                ("Content-Type", "application/json"),
-                ("Accept", "application/x-ndjson"),
-            ],
+            &[("Content-Type", "application/json"), ("Accept", accept)],
             Some(body.to_string().into_bytes()),
         );
         assert_eq!(response.status().as_u16(), 200, "POST {endpoint}");
@@ -376,10 +401,10 @@ impl Client {
             .unwrap_or_default()
             .to_owned();
         assert!(
-            content_type.starts_with("application/x-ndjson"),
-            "content-type {content_type}"
+            content_type.starts_with(accept),
+            "content-type {content_type}, asked for {accept}"
         );
-        read_ndjson(response, start)
+        (response, start)
     }
 
     /// The head of a raw request: request line, `Host`, `Connection: close`,
@@ -1176,6 +1201,43 @@ pub fn read_ndjson(
             .unwrap_or_else(|error| panic!("streamed line is not JSON ({error}): {line}"));
         events.push((start.elapsed(), value));
     }
+    events
+}
+
+/// Server-sent events as they arrive: `event: <name>`, one `data: <json>` line, a blank
+/// line. Panics on anything else, or when an event's name is not its data's `type`.
+pub fn read_sse(
+    response: ureq::http::Response<ureq::Body>,
+    start: Instant,
+) -> Vec<(Duration, Value)> {
+    let reader = BufReader::new(response.into_body().into_reader());
+    let mut events = Vec::new();
+    let (mut name, mut data) = (None::<String>, None::<Value>);
+    for line in reader.lines() {
+        let line = line.expect("read a streamed line");
+        if line.is_empty() {
+            let (Some(name), Some(data)) = (name.take(), data.take()) else {
+                panic!("an event without a name or data, after {events:?}");
+            };
+            assert_eq!(data["type"], name.as_str(), "event {name}: {data}");
+            events.push((start.elapsed(), data));
+        } else if let Some(value) = line.strip_prefix("event: ") {
+            assert!(
+                name.replace(value.to_owned()).is_none(),
+                "two names: {line}"
+            );
+        } else if let Some(value) = line.strip_prefix("data: ") {
+            let value: Value = serde_json::from_str(value)
+                .unwrap_or_else(|error| panic!("event data is not JSON ({error}): {line}"));
+            assert!(data.replace(value).is_none(), "two data lines: {line}");
+        } else {
+            panic!("not a line of a server-sent event: {line:?}");
+        }
+    }
+    assert!(
+        name.is_none() && data.is_none(),
+        "the stream ended inside an event"
+    );
     events
 }
 

@@ -1,4 +1,5 @@
-//! Streaming: with `Accept: application/x-ndjson` output arrives as the job writes it.
+//! Streaming: with `Accept: application/x-ndjson` or `text/event-stream` output arrives as
+//! the job writes it.
 
 use std::time::Duration;
 
@@ -50,6 +51,32 @@ fn ndjson_carries_stderr_and_the_shell_endpoint_streams_too() {
     let (_, finished) = events.last().expect("events");
     assert_eq!(finished["type"], "finished", "{events:?}");
     assert_eq!(finished["returncode"], 4, "{finished}");
+}
+
+#[test]
+fn server_sent_events_carry_each_line_as_the_job_prints_it() {
+    let nox = Nox::shared();
+    let code = "import sys, time\nprint('first', flush=True)\nprint('warn', file=sys.stderr, flush=True)\ntime.sleep(1.5)\nprint('second', flush=True)\nsys.exit(3)\n";
+    let events = nox.client().stream_sse("/run_py", &json!({ "code": code }));
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|(_, event)| event["type"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"started"), "{events:?}");
+    assert_eq!(kinds.last(), Some(&"finished"), "{events:?}");
+    let first = stdout_arrival(&events, "first");
+    let second = stdout_arrival(&events, "second");
+    assert!(
+        second.saturating_sub(first) >= Duration::from_millis(1000),
+        "the first line arrived at {first:?}, the second at {second:?}: not streamed"
+    );
+    let warned = events
+        .iter()
+        .any(|(_, event)| event["type"] == "stderr" && event["data"] == "warn\n");
+    assert!(warned, "{events:?}");
+    let (_, finished) = events.last().expect("events");
+    assert_eq!(finished["returncode"], 3, "{finished}");
+    assert_eq!(finished["timed_out"], false, "{finished}");
 }
 
 #[test]
