@@ -853,6 +853,10 @@ impl Prepared {
         // The job runs as its workspace's own uid (see `owners`).
         let (workdir, owner) = self.workspaces.ensure(&self.workspace)?;
         self.workspaces.check_quota(&self.workspace)?;
+        if let Some(lease) = &self.view {
+            self.sandbox
+                .name_in_view(lease.view(), &self.workspace, &workdir, owner)?;
+        }
         if let (Some(path), Some(code)) = (&self.python_file, &self.command.code) {
             self.workspaces.write_file(&self.workspace, path, code)?;
         }

@@ -21,7 +21,12 @@
 //! - a `/proc` of its own, `hidepid=invisible`, with `/proc/locks` covered;
 //! - the state directory and the workspace root bound in read-write (Landlock still lets
 //!   each job reach only its own workspace and scratch directory), and any extra readable
-//!   path read-only.
+//!   path read-only;
+//! - an `/etc/passwd` and `/etc/group` of its own: copies of the host's, kept beside the
+//!   views and bound read-only over the host's, to which the executor adds the account of
+//!   the workspace the view is lent to (its name, uid, gid and home), so that `whoami`,
+//!   `id -un` and `pwd.getpwuid` name a job's user. They name one workspace at a time:
+//!   another tenant's name is never listed.
 //!
 //! Each view also has a network namespace of its own, kept in a file beside it (`<n>.net`):
 //! every job of a workspace sees only its workspace's Unix sockets in `/proc/net/unix` (a
@@ -86,6 +91,18 @@ const DEVICES: [(&str, u64, u64); 5] = [
 /// and the size of the tmpfs mounted there.
 pub const SHARED_MEMORY: &str = "/dev/shm";
 const SHARED_MEMORY_SIZE: &str = "64m";
+
+/// The account files a view has of its own: the path a job reads, and the kind of the copy
+/// beside the views (`.accounts/<n>.passwd`, `.accounts/<n>.group`) bound over it (see
+/// [`View::name_account`]).
+const ACCOUNTS: [(&str, &str); 2] = [("/etc/passwd", "passwd"), ("/etc/group", "group")];
+
+/// Where the views' account copies are, beside the views: a small tmpfs of its own, which
+/// stays writable when the views' parent is not (the executor's own root outside systemd).
+const ACCOUNT_DIR: &str = ".accounts";
+
+/// The login shell in a workspace's account.
+const ACCOUNT_SHELL: &str = "/bin/sh";
 
 /// The links of a view's `/dev`.
 const DEVICE_LINKS: [(&str, &str); 4] = [
@@ -168,6 +185,7 @@ fn build_all(dir: &Path, count: usize, contents: Contents<'_>) -> Result<(), Vie
     make_dir(dir, 0o755)?;
     let empty = dir.join(EMPTY);
     make_dir(&empty, 0o555)?;
+    account_dir(dir)?;
     for index in 0..count {
         let root = dir.join(index.to_string());
         // A view made before (the unit restarted): its mounts go, lazily, with it.
@@ -176,9 +194,41 @@ fn build_all(dir: &Path, count: usize, contents: Contents<'_>) -> Result<(), Vie
                 .map_err(step(format!("unmount the old {}", root.display())))?;
         }
         make_dir(&root, 0o755)?;
-        build_one(&root, &empty, contents)?;
+        let accounts: Vec<(PathBuf, &Path)> = ACCOUNTS
+            .iter()
+            .map(|(path, kind)| (account_file(dir, index, kind), Path::new(*path)))
+            .collect();
+        build_one(&root, &empty, contents, &accounts)?;
     }
     make_namespaces(dir, count)
+}
+
+/// View `index`'s own account file of `kind` (see [`ACCOUNTS`]).
+fn account_file(dir: &Path, index: usize, kind: &str) -> PathBuf {
+    dir.join(ACCOUNT_DIR).join(format!("{index}.{kind}"))
+}
+
+/// A fresh tmpfs for the account copies (one made before goes, lazily, with its views).
+fn account_dir(dir: &Path) -> Result<(), ViewError> {
+    let accounts = dir.join(ACCOUNT_DIR);
+    let _ = umount2(&accounts, MntFlags::MNT_DETACH);
+    make_dir(&accounts, 0o755)?;
+    mount(
+        Some("tmpfs"),
+        &accounts,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=8m"),
+    )
+    .map_err(step(format!("mount a tmpfs on {}", accounts.display())))?;
+    mount(
+        None::<&str>,
+        &accounts,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(step(format!("make {} private", accounts.display())))
 }
 
 /// The file holding view `index`'s network namespace.
@@ -271,14 +321,23 @@ pub fn remove_all(dir: &Path) -> Result<usize, ViewError> {
     let user = dir.join(USER_NAMESPACE);
     let _ = umount2(&user, MntFlags::MNT_DETACH);
     let _ = std::fs::remove_file(&user);
+    let accounts = dir.join(ACCOUNT_DIR);
+    let _ = umount2(&accounts, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&accounts);
     // Nothing is left then: the directory goes too (unless something else is in it).
     let _ = std::fs::remove_dir(dir.join(EMPTY));
     let _ = std::fs::remove_dir(dir);
     Ok(removed)
 }
 
-/// One view at `root` (an empty directory).
-fn build_one(root: &Path, empty: &Path, contents: Contents<'_>) -> Result<(), ViewError> {
+/// One view at `root` (an empty directory), with `accounts`: (its own copy beside the
+/// views, the host's file it stands for).
+fn build_one(
+    root: &Path,
+    empty: &Path,
+    contents: Contents<'_>,
+    accounts: &[(PathBuf, &Path)],
+) -> Result<(), ViewError> {
     mount(
         Some("tmpfs"),
         root,
@@ -321,6 +380,9 @@ fn build_one(root: &Path, empty: &Path, contents: Contents<'_>) -> Result<(), Vi
     for path in own {
         bind(root, path, false, false)?;
     }
+    for (copy, host) in accounts {
+        own_account_file(root, copy, host)?;
+    }
     std::fs::File::create(root.join(MARK)).map_err(step("mark the view finished"))?;
     mount(
         None::<&str>,
@@ -354,6 +416,26 @@ pub fn place_system(
         }
     }
     Ok(placed)
+}
+
+/// The view's own `host` account file (`/etc/passwd`, `/etc/group`): `copy`, made from the
+/// host's, bound read-only over it in the view. Nothing when the host has no such file.
+fn own_account_file(root: &Path, copy: &Path, host: &Path) -> Result<(), ViewError> {
+    if !host.is_file() {
+        return Ok(());
+    }
+    std::fs::copy(host, copy).map_err(step(format!(
+        "copy {} to {}",
+        host.display(),
+        copy.display()
+    )))?;
+    mount_bind(
+        copy,
+        &inside(root, host),
+        true,
+        false,
+        &host.display().to_string(),
+    )
 }
 
 /// `source` at the same path under `root` as a read-only overlay: the host's directory
@@ -479,12 +561,23 @@ pub fn bind(root: &Path, source: &Path, read_only: bool, mounts: bool) -> Result
             .and_then(|()| std::fs::File::create(&target).map(drop))
     };
     created.map_err(step(format!("create {} in the view", described())))?;
+    mount_bind(source, &target, read_only, mounts, &described())
+}
+
+/// Bind `source` on `target` (which exists) as [`bind`] does; `described` names it in errors.
+fn mount_bind(
+    source: &Path,
+    target: &Path,
+    read_only: bool,
+    mounts: bool,
+    described: &str,
+) -> Result<(), ViewError> {
     let mut flags = MsFlags::MS_BIND;
     if mounts {
         flags |= MsFlags::MS_REC;
     }
-    mount(Some(source), &target, None::<&str>, flags, None::<&str>)
-        .map_err(step(format!("bind {} into the view", described())))?;
+    mount(Some(source), target, None::<&str>, flags, None::<&str>)
+        .map_err(step(format!("bind {described} into the view")))?;
     // A bind of a shared mount (the host's `/` under systemd) joins its peer group, and a
     // bind made beneath it later (the workspace root under the state directory) would
     // propagate back onto the host's own tree: `/var/lib/nox/workspaces` mounted on
@@ -495,18 +588,18 @@ pub fn bind(root: &Path, source: &Path, read_only: bool, mounts: bool) -> Result
     } else {
         MsFlags::MS_PRIVATE
     };
-    mount(None::<&str>, &target, None::<&str>, private, None::<&str>)
-        .map_err(step(format!("make {} private in the view", described())))?;
+    mount(None::<&str>, target, None::<&str>, private, None::<&str>)
+        .map_err(step(format!("make {described} private in the view")))?;
     if read_only {
         // A bind mount takes new flags only on a remount.
         mount(
             None::<&str>,
-            &target,
+            target,
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
             None::<&str>,
         )
-        .map_err(step(format!("make {} read-only in the view", described())))?;
+        .map_err(step(format!("make {described} read-only in the view")))?;
     }
     Ok(())
 }
@@ -537,6 +630,65 @@ pub struct View {
     /// The views' user namespace and its own network namespace, which a job's child
     /// enters first (`setns`); `None` when they were not made.
     namespaces: Option<(Arc<OwnedFd>, OwnedFd)>,
+    /// Its own account files beside the views, in the order of [`ACCOUNTS`]; empty when
+    /// it has none (made by an older nox).
+    accounts: Vec<PathBuf>,
+    /// The workspace whose account they name, once written.
+    named: Mutex<Option<String>>,
+}
+
+/// A workspace's account, as its jobs read it in a view's `/etc/passwd` and `/etc/group`.
+#[derive(Debug, Clone, Copy)]
+pub struct Account<'a> {
+    pub name: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: &'a Path,
+}
+
+impl Account<'_> {
+    /// Its id and line in the account file of `kind`.
+    fn entry(&self, kind: &str) -> (u32, String) {
+        let name = self.name;
+        if kind == "group" {
+            return (self.gid, format!("{name}:x:{}:\n", self.gid));
+        }
+        let home = self.home.display();
+        let line = format!(
+            "{name}:x:{}:{}:nox workspace:{home}:{ACCOUNT_SHELL}\n",
+            self.uid, self.gid
+        );
+        (self.uid, line)
+    }
+}
+
+/// `host`, an account file (`name:x:id:…` lines), with `line` added, unless an entry of
+/// `name` or of `id` is there already: the host's own entries always win.
+fn with_entry(host: &str, name: &str, id: u32, line: &str) -> String {
+    let id = id.to_string();
+    let taken = host.lines().any(|entry| {
+        let mut fields = entry.split(':');
+        let first = fields.next();
+        let third = fields.nth(1);
+        first == Some(name) || third == Some(id.as_str())
+    });
+    let mut content = host.to_owned();
+    if !taken {
+        if !content.is_empty() && !content.ends_with('\n') {
+            content.push('\n');
+        }
+        content.push_str(line);
+    }
+    content
+}
+
+/// Whether `a` and `b` are the same file (a bind mount of it included).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// What a job's child enters: a view's root and namespaces.
@@ -581,6 +733,34 @@ impl View {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
             emptied => emptied,
         }
+    }
+
+    /// Name `account` in the view's own `/etc/passwd` and `/etc/group`: the host's entries
+    /// and one line each for it (see [`with_entry`]), unless they name it already. The
+    /// copies are rewritten in place, the view binding them; no job of another workspace
+    /// runs in the view meanwhile (see [`Views::lease`]), and until both are written they
+    /// are taken to name nobody, so a job whose naming failed is refused rather than shown
+    /// another tenant's name. Nothing to do for a view without its own copies.
+    pub fn name_account(&self, account: &Account<'_>) -> io::Result<()> {
+        if self.accounts.is_empty() {
+            return Ok(());
+        }
+        let mut named = self.named.lock().unwrap_or_else(PoisonError::into_inner);
+        if named.as_deref() == Some(account.name) {
+            return Ok(());
+        }
+        *named = None;
+        for ((host, kind), copy) in ACCOUNTS.iter().zip(&self.accounts) {
+            let (id, line) = account.entry(kind);
+            let content = with_entry(&std::fs::read_to_string(host)?, account.name, id, &line);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(copy)?;
+            std::io::Write::write_all(&mut file, content.as_bytes())?;
+        }
+        *named = Some(account.name.to_owned());
+        Ok(())
     }
 
     /// `path`, absolute as a job names it, opened inside the view: resolved as if the
@@ -633,11 +813,21 @@ impl Views {
                 None => None,
             };
             let namespaces = user.clone().zip(net);
+            let accounts: Vec<PathBuf> = ACCOUNTS
+                .iter()
+                .map(|(_, kind)| account_file(dir, views.len(), kind))
+                .collect();
+            let bound = ACCOUNTS
+                .iter()
+                .zip(&accounts)
+                .all(|((host, _), copy)| same_file(copy, &inside(&path, Path::new(host))));
             views.push(View {
                 index: views.len(),
                 path,
                 root,
                 namespaces,
+                accounts: if bound { accounts } else { Vec::new() },
+                named: Mutex::new(None),
             });
         }
         if views.is_empty() {
@@ -822,6 +1012,95 @@ mod tests {
         assert!(views.lease("beta").is_none(), "alpha still runs a job");
         drop(second);
         assert_eq!(views.lease("beta").unwrap().view().index(), 0);
+    }
+
+    #[test]
+    fn an_account_is_added_unless_its_name_or_id_is_taken() {
+        let host =
+            "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin";
+        let line = "alpha:x:2000:2000:nox workspace:/w/alpha:/bin/sh\n";
+        assert_eq!(
+            with_entry(host, "alpha", 2000, line),
+            format!("{host}\n{line}")
+        );
+        assert_eq!(with_entry("", "alpha", 2000, line), line);
+        assert_eq!(with_entry(host, "nobody", 2000, line), host, "a host name");
+        assert_eq!(with_entry(host, "alpha", 65534, line), host, "a host id");
+        // The id is the third field: a gid (fourth) of that number is no conflict.
+        let other = "x:x:7:2000::/:/bin/sh\n";
+        assert!(with_entry(other, "alpha", 2000, line).ends_with(line));
+    }
+
+    #[test]
+    fn a_view_names_the_account_of_the_workspace_it_is_lent_to_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("0");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::File::create(root.join(MARK)).unwrap();
+        std::fs::create_dir(dir.path().join(ACCOUNT_DIR)).unwrap();
+        // A hard link stands for the bind mount: the same file under both names.
+        for (host, kind) in ACCOUNTS {
+            let copy = account_file(dir.path(), 0, kind);
+            std::fs::write(&copy, "").unwrap();
+            std::fs::hard_link(&copy, inside(&root, Path::new(host))).unwrap();
+        }
+        let views = Views::open(dir.path()).unwrap().unwrap();
+        let view = &views.all()[0];
+        let read = |host: &str| std::fs::read_to_string(inside(&root, Path::new(host))).unwrap();
+        let alpha = Account {
+            name: "alpha",
+            uid: 2_000_000_001,
+            gid: 2_000_000_001,
+            home: Path::new("/w/alpha"),
+        };
+        view.name_account(&alpha).unwrap();
+        let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let passwd = read("/etc/passwd");
+        assert!(passwd.starts_with(&host_passwd), "{passwd}");
+        assert!(
+            passwd.ends_with("alpha:x:2000000001:2000000001:nox workspace:/w/alpha:/bin/sh\n"),
+            "{passwd}"
+        );
+        assert!(read("/etc/group").ends_with("alpha:x:2000000001:\n"));
+        let beta = Account {
+            name: "beta",
+            uid: 2_000_000_002,
+            gid: 2_000_000_002,
+            home: Path::new("/w/beta"),
+        };
+        view.name_account(&beta).unwrap();
+        for host in ["/etc/passwd", "/etc/group"] {
+            let content = read(host);
+            assert!(content.contains("\nbeta:x:2000000002:"), "{content}");
+            assert!(!content.contains("alpha"), "{content}");
+        }
+    }
+
+    #[test]
+    fn a_view_whose_etc_is_not_its_own_copy_names_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("0");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::File::create(root.join(MARK)).unwrap();
+        std::fs::create_dir(dir.path().join(ACCOUNT_DIR)).unwrap();
+        // Copies beside the view, but its /etc holds other files (a view made before it
+        // had copies, or one whose binding failed).
+        for (host, kind) in ACCOUNTS {
+            std::fs::write(account_file(dir.path(), 0, kind), "").unwrap();
+            std::fs::write(inside(&root, Path::new(host)), "").unwrap();
+        }
+        let views = Views::open(dir.path()).unwrap().unwrap();
+        let account = Account {
+            name: "alpha",
+            uid: 2_000_000_001,
+            gid: 2_000_000_001,
+            home: Path::new("/w/alpha"),
+        };
+        views.all()[0].name_account(&account).unwrap();
+        for (_, kind) in ACCOUNTS {
+            let copy = std::fs::read_to_string(account_file(dir.path(), 0, kind)).unwrap();
+            assert_eq!(copy, "", "written though the view does not show it");
+        }
     }
 
     #[test]

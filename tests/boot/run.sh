@@ -612,6 +612,9 @@ check "Python's multiprocessing (Pool, Queue) works in a job: its view's own /de
 with mp.Pool(2) as p: print(p.map(abs, [-1, -2]))
 q = mp.Queue(); q.put(7); print(q.get(), os.path.ismount('/dev/shm'))")" \
   "r['stdout'] == '[1, 2]\\n7 True\\n'" "r.get('stdout', r) or r.get('stderr', r)"
+check "a job's user has a name: whoami and id -gn name its workspace (its view's own /etc/passwd and /etc/group, written by the executor under the unit)" jtest \
+  "$(run_sh 'echo "$USER $(whoami) $(id -gn) $(id -u)"')" \
+  "len(set(r['stdout'].split()[:3])) == 1 and r['stdout'].split()[0] != r['stdout'].split()[3]" "r.get('stdout', r) or r.get('stderr', r)"
 EXEC_NET=$(ct sh -c 'readlink /proc/$(systemctl show -P MainPID nox-executor.service)/ns/net')
 check "a job runs in its view's own network namespace, not the executor's ($EXEC_NET)" jtest \
   "$(run_sh 'readlink /proc/self/ns/net')" \

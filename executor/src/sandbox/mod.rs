@@ -98,6 +98,8 @@ pub enum SandboxError {
     },
     #[error("every workspace view is held by other workspaces' jobs")]
     NoView,
+    #[error("could not name the workspace's account in its view's /etc/passwd and /etc/group")]
+    ViewAccount(#[source] io::Error),
     #[error("setting up the job failed at step `{}`", step.name())]
     ChildSetup {
         step: Step,
@@ -553,6 +555,28 @@ impl Sandbox {
         self.identity
             .switch_to
             .map(|sandbox_user| user.filter(|(uid, _)| *uid != 0).unwrap_or(sandbox_user))
+    }
+
+    /// Name the account of `workspace` (home `home`, owned by `user`) in `view` (see
+    /// [`View::name_account`]) as its jobs run: when the executor is root. Blocking.
+    pub fn name_in_view(
+        &self,
+        view: &View,
+        workspace: &str,
+        home: &Path,
+        user: Option<(u32, u32)>,
+    ) -> Result<(), SandboxError> {
+        let Some((uid, gid)) = self.run_as(user) else {
+            return Ok(());
+        };
+        let account = crate::views::Account {
+            name: workspace,
+            uid,
+            gid,
+            home,
+        };
+        view.name_account(&account)
+            .map_err(SandboxError::ViewAccount)
     }
 
     /// Start a job as `user` (its workspace's owner). Blocking (fork, then wait for exec).

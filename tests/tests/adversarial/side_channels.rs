@@ -206,6 +206,54 @@ fn a_views_dev_shm_is_emptied_before_another_workspace_gets_the_view() {
 }
 
 #[test]
+fn a_views_passwd_names_only_the_workspace_it_is_lent_to() {
+    // One job slot, so one view: alpha's, then beta's, then alpha's again.
+    let alpha_token = format!("alpha-{}", random_hex(16));
+    let beta_token = format!("beta-{}", random_hex(16));
+    let nox = Nox::builder()
+        .executor_toml("max_concurrent_jobs = 1")
+        .tokens(&[("alpha", &alpha_token), ("beta", &beta_token)])
+        .start();
+    if !nox.layer_active("views") {
+        skip(
+            "a_views_passwd_names_only_the_workspace_it_is_lent_to",
+            "no views here (they need root and namespaces)",
+        );
+        return;
+    }
+    let look = "import os\nnames = lambda f: [l.split(':')[0] for l in open(f)]\nprint(sorted({'alpha', 'beta'} & (set(names('/etc/passwd')) | set(names('/etc/group')))), os.getuid())\nfor f in ('/etc/passwd', '/etc/group'):\n    try:\n        open(f, 'a').write('mallory:x:0:0::/:/bin/sh\\n')\n        print('wrote', f)\n    except OSError as e:\n        print('refused', f, e.errno)\n";
+    let mut uids = Vec::new();
+    for workspace in ["alpha", "beta", "alpha"] {
+        let reply = nox
+            .client_for(workspace)
+            .run("/run_py", &json!({ "code": look }));
+        let out = stdout(&reply);
+        let mut lines = out.lines();
+        let first = lines.next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("['{workspace}'] ")),
+            "{workspace}'s job reads other names in its view's account files: {reply}"
+        );
+        uids.push(first.split(' ').next_back().unwrap_or_default().to_owned());
+        for line in lines {
+            assert!(
+                line.starts_with("refused "),
+                "{workspace}: {line} ({reply})"
+            );
+        }
+    }
+    assert_ne!(uids[0], uids[1], "alpha and beta run as one uid");
+    for host in ["/etc/passwd", "/etc/group"] {
+        let content = std::fs::read_to_string(host).expect("read the host's file");
+        assert!(
+            !content.contains("mallory"),
+            "a job wrote the host's {host}"
+        );
+    }
+    assert_serving(&nox);
+}
+
+#[test]
 fn a_posix_message_queue_is_not_a_channel_between_jobs() {
     let _jobs = common::jobs();
     let nox = tenants();

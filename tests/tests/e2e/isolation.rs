@@ -55,6 +55,34 @@ fn jobs_are_named_after_their_workspace_in_user_logname_and_getpass() {
 }
 
 #[test]
+fn jobs_find_their_workspace_s_account_in_passwd_and_group() {
+    let nox = two_tokens();
+    if !nox.layer_active("views") {
+        nox_e2e::skip(
+            "jobs_find_their_workspace_s_account_in_passwd_and_group",
+            "no views here (they need root and namespaces): workspace uids have no passwd entry",
+        );
+        return;
+    }
+    let code = "import grp, os, pwd\nme = pwd.getpwuid(os.getuid())\nprint(me.pw_name, me.pw_dir == os.environ['HOME'], me.pw_shell, grp.getgrgid(os.getgid()).gr_name)";
+    for workspace in ["alpha", "beta"] {
+        let client = nox.client_for(workspace);
+        let shell = client.run_sh("whoami; id -un; id -gn; ls -ld . | cut -d' ' -f3,4");
+        assert_eq!(
+            shell["stdout"],
+            format!("{workspace}\n{workspace}\n{workspace}\n{workspace} {workspace}\n"),
+            "{shell}"
+        );
+        let python = client.run_py(code);
+        assert_eq!(
+            python["stdout"],
+            format!("{workspace} True /bin/sh {workspace}\n"),
+            "{python}"
+        );
+    }
+}
+
+#[test]
 fn a_file_of_one_token_is_invisible_to_the_other_over_http() {
     let nox = two_tokens();
     let alpha = nox.client_for("alpha");
