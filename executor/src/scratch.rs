@@ -254,7 +254,7 @@ impl Scratches {
 }
 
 /// Remove everything in the directory at `path` (never following a symbolic link in it):
-/// a scratch directory here, a view's `/dev/shm` in `views`.
+/// a scratch directory here, a view's own `/dev/shm` and `/tmp` in `views`.
 pub fn remove_contents(path: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(path)? {
         let entry = entry?;

@@ -16,8 +16,12 @@
 //!   lower layer;
 //! - a `/dev` of its own (a tmpfs with `null`, `zero`, `full`, `random`, `urandom` and the
 //!   `fd`/`stdin`/`stdout`/`stderr` links: what systemd's `PrivateDevices=` leaves a job),
-//!   and in it a `/dev/shm` tmpfs (POSIX semaphores and shared memory), emptied whenever
-//!   the view goes to another workspace;
+//!   and in it a `/dev/shm` tmpfs (POSIX semaphores and shared memory);
+//! - a `/tmp` tmpfs of its own, for programs that write there whatever `TMPDIR` says (the
+//!   seed's jobs could) — unless something the view binds lies beneath `/tmp` (a state
+//!   directory there, in development): Landlock's rule for `/tmp` would reach it too, so
+//!   the view then has none; it and `/dev/shm` are emptied whenever the view goes to
+//!   another workspace ([`OWN_TMPFS`]);
 //! - a `/proc` of its own, `hidepid=invisible`, with `/proc/locks` covered;
 //! - the state directory and the workspace root bound in read-write (Landlock still lets
 //!   each job reach only its own workspace and scratch directory), and any extra readable
@@ -87,10 +91,33 @@ const DEVICES: [(&str, u64, u64); 5] = [
     ("urandom", 1, 9),
 ];
 
-/// A view's own `/dev/shm`, as a job names it (Landlock lets jobs in a view write there),
-/// and the size of the tmpfs mounted there.
-pub const SHARED_MEMORY: &str = "/dev/shm";
-const SHARED_MEMORY_SIZE: &str = "64m";
+/// A tmpfs a view has of its own, that its jobs may write (Landlock lets jobs in a view
+/// read and write beneath it, execute only where `exec`): emptied whenever the view goes
+/// to another workspace, so never a channel between tenants.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnTmpfs {
+    /// As a job names it.
+    pub path: &'static str,
+    /// The tmpfs's `size=` (memory, shared by the jobs of the workspace holding the view).
+    size: &'static str,
+    /// Whether programs may run from it.
+    pub exec: bool,
+}
+
+/// A view's own `/dev/shm` (POSIX semaphores and shared memory: Python's multiprocessing
+/// locks, queues and pools; `noexec`, as usual) and `/tmp`.
+pub const OWN_TMPFS: [OwnTmpfs; 2] = [
+    OwnTmpfs {
+        path: "/dev/shm",
+        size: "64m",
+        exec: false,
+    },
+    OwnTmpfs {
+        path: "/tmp",
+        size: "128m",
+        exec: true,
+    },
+];
 
 /// The account files a view has of its own: the path a job reads, and the kind of the copy
 /// beside the views (`.accounts/<n>.passwd`, `.accounts/<n>.group`) bound over it (see
@@ -364,6 +391,26 @@ fn build_one(
     covered.push(sys.to_path_buf());
     devices(root)?;
     proc(root)?;
+    // Not where something is bound beneath: jobs may write everything beneath an own tmpfs.
+    let bound: Vec<PathBuf> = contents
+        .writable
+        .iter()
+        .chain(contents.readable)
+        .map(|path| path.canonicalize().unwrap_or_else(|_| path.clone()))
+        .collect();
+    for own in OWN_TMPFS
+        .iter()
+        .filter(|own| !own.path.starts_with("/dev/"))
+    {
+        if bound.iter().any(|path| path.starts_with(own.path)) {
+            tracing::info!(
+                path = own.path,
+                "a view has no tmpfs of its own there: the state directory or a readable path is beneath it"
+            );
+            continue;
+        }
+        own_tmpfs(root, own)?;
+    }
     for path in contents.readable {
         let Ok(real) = path.canonicalize() else {
             continue;
@@ -416,6 +463,25 @@ pub fn place_system(
         }
     }
     Ok(placed)
+}
+
+/// `own` mounted in the view at `root`: mode 1777, `nosuid`, `nodev`, `noexec` unless it
+/// allows programs.
+fn own_tmpfs(root: &Path, own: &OwnTmpfs) -> Result<(), ViewError> {
+    let path = inside(root, Path::new(own.path));
+    make_dir(&path, 0o1777)?;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if !own.exec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    mount(
+        Some("tmpfs"),
+        &path,
+        Some("tmpfs"),
+        flags,
+        Some(format!("mode=1777,size={}", own.size).as_str()),
+    )
+    .map_err(step(format!("mount {} in the view", own.path)))
 }
 
 /// The view's own `host` account file (`/etc/passwd`, `/etc/group`): `copy`, made from the
@@ -485,19 +551,10 @@ fn devices(root: &Path) -> Result<(), ViewError> {
         std::os::unix::fs::symlink(target, dev.join(name))
             .map_err(step(format!("link /dev/{name} in the view")))?;
     }
-    // POSIX semaphores and shared memory (Python's multiprocessing locks, queues and
-    // pools) live in /dev/shm: the view's own, emptied whenever the view goes to another
-    // workspace ([`Views::lease`]), so it is never a channel between tenants.
-    let shm = inside(root, Path::new(SHARED_MEMORY));
-    make_dir(&shm, 0o1777)?;
-    mount(
-        Some("tmpfs"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(format!("mode=1777,size={SHARED_MEMORY_SIZE}").as_str()),
-    )
-    .map_err(step("mount /dev/shm in the view"))?;
+    // Before /dev is read-only: its mount point is in it.
+    for own in OWN_TMPFS.iter().filter(|own| own.path.starts_with("/dev/")) {
+        own_tmpfs(root, own)?;
+    }
     mount(
         None::<&str>,
         &dev,
@@ -635,6 +692,8 @@ pub struct View {
     accounts: Vec<PathBuf>,
     /// The workspace whose account they name, once written.
     named: Mutex<Option<String>>,
+    /// Those of [`OWN_TMPFS`] it has: mounts of their own.
+    own_tmpfs: Vec<OwnTmpfs>,
 }
 
 /// A workspace's account, as its jobs read it in a view's `/etc/passwd` and `/etc/group`.
@@ -682,6 +741,15 @@ fn with_entry(host: &str, name: &str, id: u32, line: &str) -> String {
     content
 }
 
+/// Whether the directory `path` is a mount of its own, not of the file system of `root`.
+fn is_mount_on(path: &Path, root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (path.symlink_metadata(), root.metadata()) {
+        (Ok(dir), Ok(root)) => dir.is_dir() && dir.dev() != root.dev(),
+        _ => false,
+    }
+}
+
 /// Whether `a` and `b` are the same file (a bind mount of it included).
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -726,13 +794,18 @@ impl View {
         self.namespaces.is_some()
     }
 
-    /// Remove everything in the view's `/dev/shm` (a view made before it had one has
-    /// none: nothing to do).
-    fn empty_shared_memory(&self) -> io::Result<()> {
-        match crate::scratch::remove_contents(&inside(&self.path, Path::new(SHARED_MEMORY))) {
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-            emptied => emptied,
+    /// Remove everything in the view's own tmpfs mounts.
+    fn empty_own_tmpfs(&self) -> io::Result<()> {
+        for own in &self.own_tmpfs {
+            crate::scratch::remove_contents(&inside(&self.path, Path::new(own.path)))?;
         }
+        Ok(())
+    }
+
+    /// Its own tmpfs mounts, of [`OWN_TMPFS`] (a view made by an older nox, or one with
+    /// something bound beneath `/tmp`, has fewer).
+    pub fn own_tmpfs(&self) -> impl Iterator<Item = &OwnTmpfs> {
+        self.own_tmpfs.iter()
     }
 
     /// Name `account` in the view's own `/etc/passwd` and `/etc/group`: the host's entries
@@ -821,6 +894,10 @@ impl Views {
                 .iter()
                 .zip(&accounts)
                 .all(|((host, _), copy)| same_file(copy, &inside(&path, Path::new(host))));
+            let own_tmpfs = OWN_TMPFS
+                .into_iter()
+                .filter(|own| is_mount_on(&inside(&path, Path::new(own.path)), &path))
+                .collect();
             views.push(View {
                 index: views.len(),
                 path,
@@ -828,6 +905,7 @@ impl Views {
                 namespaces,
                 accounts: if bound { accounts } else { Vec::new() },
                 named: Mutex::new(None),
+                own_tmpfs,
             });
         }
         if views.is_empty() {
@@ -888,14 +966,14 @@ impl Views {
                 .unwrap_or(0);
             let index = state.free.remove(at)?;
             if state.last[index].as_deref() != Some(workspace)
-                && let Err(error) = self.views[index].empty_shared_memory()
+                && let Err(error) = self.views[index].empty_own_tmpfs()
             {
                 // Never handed to another workspace with what the last one left there:
                 // the job is refused (`NoView`), the view stays free for a later try.
                 tracing::error!(
                     view = index,
                     error = %error,
-                    "could not empty a view's /dev/shm; the job is refused"
+                    "could not empty a view's /dev/shm or /tmp; the job is refused"
                 );
                 state.free.push_back(index);
                 return None;

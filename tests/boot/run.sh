@@ -612,6 +612,13 @@ check "Python's multiprocessing (Pool, Queue) works in a job: its view's own /de
 with mp.Pool(2) as p: print(p.map(abs, [-1, -2]))
 q = mp.Queue(); q.put(7); print(q.get(), os.path.ismount('/dev/shm'))")" \
   "r['stdout'] == '[1, 2]\\n7 True\\n'" "r.get('stdout', r) or r.get('stderr', r)"
+check "a job writes /tmp: its view's own tmpfs" jtest \
+  "$(run_sh 'echo kept > /tmp/nox-boot-probe && grep -c " /tmp tmpfs " /proc/self/mounts')" \
+  "r['stdout'] == '1\\n'" "r.get('stdout', r) or r.get('stderr', r)"
+check "the job's /tmp file is on neither the container's /tmp nor the host's" bash -c \
+  "! test -e /tmp/nox-boot-probe && ! nsenter -t $CT_PID -a test -e /tmp/nox-boot-probe"
+check "the workspace's next job reads what the last one left in /tmp" jtest \
+  "$(run_sh 'cat /tmp/nox-boot-probe')" "r['stdout'] == 'kept\\n'" "r.get('stdout', r) or r.get('stderr', r)"
 check "a job's user has a name: whoami and id -gn name its workspace (its view's own /etc/passwd and /etc/group, written by the executor under the unit)" jtest \
   "$(run_sh 'echo "$USER $(whoami) $(id -gn) $(id -u)"')" \
   "len(set(r['stdout'].split()[:3])) == 1 and r['stdout'].split()[0] != r['stdout'].split()[3]" "r.get('stdout', r) or r.get('stderr', r)"

@@ -787,12 +787,20 @@ pub struct NoxBuilder {
     tokens: Vec<(String, String)>,
     /// The frontend's port on 127.0.0.1; `None` picks a free one.
     port: Option<u16>,
+    /// Where the instance's directory is made; `None`: `/var/tmp`.
+    parent: Option<PathBuf>,
 }
 
 impl NoxBuilder {
     /// A line under `[executor]` in the instance's `nox.toml`, e.g. `limits.output_kb = 64`.
     pub fn executor_toml(mut self, line: &str) -> Self {
         self.executor_toml.push(line.to_owned());
+        self
+    }
+
+    /// Make the instance's directory (state, workspaces) in `parent` instead of `/var/tmp`.
+    pub fn parent(mut self, parent: &Path) -> Self {
+        self.parent = Some(parent.to_owned());
         self
     }
 
@@ -890,9 +898,15 @@ impl Nox {
     }
 
     fn start(builder: NoxBuilder) -> Nox {
+        // Not beneath /tmp unless asked: a view then has no /tmp of its own (see the
+        // executor's `views`).
+        let parent = builder
+            .parent
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
         let dir = tempfile::Builder::new()
             .prefix("nox-e2e-")
-            .tempdir()
+            .tempdir_in(&parent)
             .expect("create a temporary directory");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod 0755");
         let path = dir.path();

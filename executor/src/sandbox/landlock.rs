@@ -167,15 +167,23 @@ impl LandlockPolicy {
             Some(view) => view.open(path, nix::fcntl::OFlag::O_PATH),
             None => Ok(open_path(path)?.0),
         });
-        // A view's /dev/shm is its own (see `views`); the host's is shared by everyone.
-        if let Some(view) = view
-            && let Ok(shm) = view.open(
-                Path::new(crate::views::SHARED_MEMORY),
-                nix::fcntl::OFlag::O_PATH,
-            )
-        {
-            let access = AccessFs::from_read(self.abi) | AccessFs::from_write(self.abi);
-            rules.push((shm, access & !AccessFs::Execute));
+        // A view's /dev/shm and /tmp are its own (see `views`); the host's are shared by
+        // everyone.
+        let Some(view) = view else {
+            return rules;
+        };
+        let access = AccessFs::from_read(self.abi) | AccessFs::from_write(self.abi);
+        for own in view.own_tmpfs() {
+            if let Ok(dir) = view.open(Path::new(own.path), nix::fcntl::OFlag::O_PATH) {
+                rules.push((
+                    dir,
+                    if own.exec {
+                        access
+                    } else {
+                        access & !AccessFs::Execute
+                    },
+                ));
+            }
         }
         rules
     }

@@ -4,6 +4,7 @@
 //! signal anything outside itself. (isolate fixed `/dev/shm` and keyrings in 2026; the
 //! research notes found no suite that tests this class.)
 
+use std::path::Path;
 use std::time::Duration;
 
 use nox_e2e::{Client, Nox, random_hex, skip, unique};
@@ -170,7 +171,7 @@ except OSError:
 }
 
 #[test]
-fn a_views_dev_shm_is_emptied_before_another_workspace_gets_the_view() {
+fn a_views_dev_shm_and_tmp_are_emptied_before_another_workspace_gets_the_view() {
     // One job slot, so one view: alpha's, then beta's, then alpha's again.
     let alpha_token = format!("alpha-{}", random_hex(16));
     let beta_token = format!("beta-{}", random_hex(16));
@@ -181,27 +182,67 @@ fn a_views_dev_shm_is_emptied_before_another_workspace_gets_the_view() {
     let views = nox.layer_active("views");
     if !views {
         skip(
-            "a_views_dev_shm_is_emptied_before_another_workspace_gets_the_view",
+            "a_views_dev_shm_and_tmp_are_emptied_before_another_workspace_gets_the_view",
             "no views here (they need root and namespaces)",
         );
         return;
     }
     let secret = unique("ALPHA-SHM");
     let leave = format!(
-        "from multiprocessing import shared_memory\nopen('/dev/shm/left', 'w').write('{secret}')\nm = shared_memory.SharedMemory(name='kept', create=True, size=4096)\nm.buf[:4] = b'ALFA'\nm.close()\nimport os; print(sorted(os.listdir('/dev/shm')))\n"
+        "from multiprocessing import shared_memory\nopen('/dev/shm/left', 'w').write('{secret}')\nm = shared_memory.SharedMemory(name='kept', create=True, size=4096)\nm.buf[:4] = b'ALFA'\nm.close()\nimport os\nos.makedirs('/tmp/sub/deeper')\nopen('/tmp/sub/deeper/left', 'w').write('{secret}')\nos.symlink('/etc/hostname', '/tmp/link')\nprint(sorted(os.listdir('/dev/shm')), sorted(os.listdir('/tmp')))\n"
     );
-    let look = "import os\nprint(sorted(os.listdir('/dev/shm')))\n";
+    let look = "import os\nprint(sorted(os.listdir('/dev/shm')), sorted(os.listdir('/tmp')))\n";
     let alpha = nox.client_for("alpha");
     let beta = nox.client_for("beta");
     let left = alpha.run("/run_py", &json!({ "code": leave }));
-    assert_eq!(stdout(&left), "['kept', 'left']\n", "{left}");
+    assert_eq!(
+        stdout(&left),
+        "['kept', 'left'] ['link', 'sub']\n",
+        "{left}"
+    );
     // The same workspace again: its view, as it left it.
     let again = alpha.run("/run_py", &json!({ "code": look }));
-    assert_eq!(stdout(&again), "['kept', 'left']\n", "{again}");
+    assert_eq!(
+        stdout(&again),
+        "['kept', 'left'] ['link', 'sub']\n",
+        "{again}"
+    );
     // Another workspace: the same view, emptied.
     let seen = beta.run("/run_py", &json!({ "code": look }));
-    assert_eq!(stdout(&seen), "[]\n", "beta sees alpha's /dev/shm: {seen}");
+    assert_eq!(
+        stdout(&seen),
+        "[] []\n",
+        "beta sees alpha's /dev/shm or /tmp: {seen}"
+    );
     assert!(!stdout(&seen).contains(&secret));
+    assert_serving(&nox);
+}
+
+#[test]
+fn a_state_directory_beneath_tmp_leaves_views_without_a_tmp_of_their_own() {
+    // Jobs may write everything beneath a view's own /tmp: were the state directory bound
+    // beneath it, that would reach the state directory too.
+    if !Nox::shared().layer_active("views") {
+        skip(
+            "a_state_directory_beneath_tmp_leaves_views_without_a_tmp_of_their_own",
+            "no views here (they need root and namespaces)",
+        );
+        return;
+    }
+    let nox = Nox::builder().parent(Path::new("/tmp")).start();
+    assert!(
+        nox.layer_active("views"),
+        "views where the shared instance has them, but not with the state beneath /tmp"
+    );
+    let probe = unique("state-probe");
+    std::fs::write(nox.state_dir().join(&probe), "state secret").expect("write in the state dir");
+    let reply = nox.run_sh(&format!(
+        "grep -c ' /tmp ' /proc/self/mounts; cat '{state}/{probe}' 2>/dev/null && echo READ-STATE; ls '{state}' > /dev/null 2>&1 && echo LISTED-STATE; echo x > '{state}/{probe}-new' 2>/dev/null && echo WROTE-STATE; echo x > /tmp/{probe} 2>/dev/null && echo WROTE-TMP; echo end",
+        state = nox.state_dir().display()
+    ));
+    let _ = std::fs::remove_file(nox.state_dir().join(&probe));
+    assert_eq!(stdout(&reply), "0\nend\n", "{reply}");
+    assert!(!nox.state_dir().join(format!("{probe}-new")).exists());
     assert_serving(&nox);
 }
 

@@ -218,12 +218,17 @@ for name, call in [("setsid", os.setsid), ("setpgid", lambda: os.setpgid(0, 0))]
 fn a_job_cannot_write_outside_its_workspace() {
     let nox = Nox::shared();
     let name = unique("escape");
-    // A view's /dev/shm is its own (`jobs_have_a_dev_shm_of_their_view_s_own`); without
-    // views it is the host's, shared by everyone.
+    // A view's /dev/shm and /tmp are its own (`jobs_have_a_dev_shm_of_their_view_s_own`,
+    // `jobs_have_a_tmp_of_their_view_s_own`); without views they are the host's, shared by
+    // everyone.
     let views = nox.layer_active("views");
-    let shm = if views { "/var/tmp" } else { "/dev/shm" };
+    let (tmp, shm) = if views {
+        ("/var/tmp", "/var/tmp")
+    } else {
+        ("/tmp", "/dev/shm")
+    };
     let targets = [
-        format!("/tmp/{name}"),
+        format!("{tmp}/{name}"),
         format!("/var/tmp/{name}"),
         format!("{shm}/{name}"),
         format!("/etc/{name}"),
@@ -400,6 +405,41 @@ fn jobs_have_a_dev_shm_of_their_view_s_own_for_multiprocessing() {
         stdout(&mount).contains("tmpfs /dev/shm tmpfs rw,nosuid,nodev,noexec"),
         "{mount}"
     );
+}
+
+#[test]
+fn jobs_have_a_tmp_of_their_view_s_own() {
+    let nox = Nox::shared();
+    if !nox.layer_active("views") {
+        nox_e2e::skip(
+            "jobs_have_a_tmp_of_their_view_s_own",
+            "no views here (they need root and namespaces): /tmp is out of reach",
+        );
+        return;
+    }
+    let name = unique("tmp");
+    // A program that writes /tmp whatever TMPDIR says, and runs what it put there.
+    let write = format!(
+        "echo kept > /tmp/{name} && printf '#!/bin/sh\\necho ran\\n' > /tmp/{name}.sh && chmod +x /tmp/{name}.sh && /tmp/{name}.sh && grep ' /tmp ' /proc/self/mounts"
+    );
+    let reply = nox.run_sh(&write);
+    let out = stdout(&reply);
+    assert!(
+        out.starts_with("ran\ntmpfs /tmp tmpfs rw,nosuid,nodev,"),
+        "{reply}"
+    );
+    assert!(!out.contains("noexec"), "{reply}");
+    assert!(
+        !std::path::Path::new(&format!("/tmp/{name}")).exists(),
+        "the job wrote the host's /tmp"
+    );
+    // The workspace's next job finds it (the view stays with the workspace); Python's
+    // tempfile still uses the job's own TMPDIR.
+    let code = format!(
+        "import tempfile\nprint(open('/tmp/{name}').read(), end='')\nprint(tempfile.gettempdir() != '/tmp')\n"
+    );
+    let again = nox.run_py(&code);
+    assert_eq!(stdout(&again), "kept\nTrue\n", "{again}");
 }
 
 #[test]
