@@ -275,8 +275,27 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Whether a child of a spawner leads its own process group yet: the executor sets it, the
 /// child waits for it before its exec.
-#[derive(Debug, Default)]
-pub struct Group(AtomicI32);
+#[derive(Debug)]
+pub struct Group {
+    state: AtomicI32,
+    /// The executor's pid: the child's parent until the executor dies. A child whose
+    /// executor died before making it a leader (killed between the clone and its
+    /// `setpgid`) would otherwise wait forever, every signal but SIGKILL blocked (a spare).
+    parent: libc::pid_t,
+}
+
+impl Default for Group {
+    /// For a child of this process.
+    fn default() -> Group {
+        Group::for_child_of(std::process::id())
+    }
+}
+
+/// How long a child waits for its group before it checks that its executor still lives.
+static GROUP_PATIENCE: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 100_000_000,
+};
 
 /// Not decided yet.
 const GROUP_PENDING: i32 = 0;
@@ -285,6 +304,14 @@ const GROUP_LED: i32 = 1;
 // Anything else: `-errno` of the executor's failed `setpgid`.
 
 impl Group {
+    /// For a child of process `parent`.
+    fn for_child_of(parent: u32) -> Group {
+        Group {
+            state: AtomicI32::new(GROUP_PENDING),
+            parent: libc::pid_t::try_from(parent).unwrap_or(libc::pid_t::MAX),
+        }
+    }
+
     /// Make `pid`, a child of a spawner that has not exec'd, the leader of its own process
     /// group, and tell it.
     pub fn lead(&self, pid: libc::pid_t) {
@@ -296,12 +323,12 @@ impl Group {
                 .raw_os_error()
                 .unwrap_or(libc::EPERM)
         };
-        self.0.store(answer, Ordering::Release);
+        self.state.store(answer, Ordering::Release);
         // SAFETY: FUTEX_WAKE on an aligned i32 of ours, waking at most one waiter.
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
-                self.0.as_ptr(),
+                self.state.as_ptr(),
                 libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
                 1,
             );
@@ -309,7 +336,7 @@ impl Group {
     }
 
     /// In the child: wait until the executor has decided. `Err(errno)` when it could not
-    /// make us the leader.
+    /// make us the leader, `Err(ESRCH)` when it died first (we are another's child then).
     ///
     /// # Safety
     ///
@@ -317,20 +344,27 @@ impl Group {
     /// wait is a private futex of that memory.
     pub(super) unsafe fn wait(&self) -> Result<(), i32> {
         loop {
-            match self.0.load(Ordering::Acquire) {
+            match self.state.load(Ordering::Acquire) {
                 GROUP_LED => return Ok(()),
                 GROUP_PENDING => {
-                    // SAFETY: FUTEX_WAIT on an aligned i32 shared with the executor; it
-                    // returns at once (EAGAIN) if the value is no longer 0, else when woken
-                    // or interrupted — the loop reads the value again either way.
+                    // SAFETY: FUTEX_WAIT on an aligned i32 shared with the executor, with a
+                    // timeout that lives across the call; it returns at once (EAGAIN) if the
+                    // value is no longer 0, else when woken, interrupted or timed out — the
+                    // loop reads the value again either way. getppid takes nothing.
                     unsafe {
-                        libc::syscall(
+                        let waited = libc::syscall(
                             libc::SYS_futex,
-                            self.0.as_ptr(),
+                            self.state.as_ptr(),
                             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
                             GROUP_PENDING,
-                            std::ptr::null::<libc::timespec>(),
+                            &raw const GROUP_PATIENCE,
                         );
+                        if waited != 0
+                            && *libc::__errno_location() == libc::ETIMEDOUT
+                            && libc::getppid() != self.parent
+                        {
+                            return Err(libc::ESRCH);
+                        }
                     }
                 }
                 errno => return Err(-errno),
@@ -451,6 +485,41 @@ mod tests {
     fn bytemuck_bytes(values: &mut [i32; 2]) -> &mut [u8] {
         // SAFETY: an i32 array is plain bytes, borrowed mutably for as long as the slice.
         unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), 8) }
+    }
+
+    #[test]
+    fn a_child_whose_executor_died_stops_waiting_for_its_group() {
+        // A group for a child of a process that is not our parent: what a child whose
+        // executor died finds (its parent is then another).
+        let group = std::sync::Arc::new(Group::for_child_of(u32::MAX));
+        let waiter = std::sync::Arc::clone(&group);
+        let (done, answer) = std::sync::mpsc::channel();
+        // SAFETY: not a cloned child; the futex is this process's private one.
+        std::thread::spawn(move || done.send(unsafe { waiter.wait() }));
+        let answer = answer.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(answer, Ok(Err(libc::ESRCH)), "still waiting after 5 s");
+    }
+
+    #[test]
+    fn a_child_whose_executor_lives_waits_past_the_patience_for_its_group() {
+        let group = std::sync::Arc::new(Group::for_child_of(std::os::unix::process::parent_id()));
+        let leader = std::sync::Arc::clone(&group);
+        let lead = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            leader.state.store(GROUP_LED, Ordering::Release);
+            // SAFETY: FUTEX_WAKE on an aligned i32 of ours.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    leader.state.as_ptr(),
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    1,
+                );
+            }
+        });
+        // SAFETY: as above.
+        assert_eq!(unsafe { group.wait() }, Ok(()));
+        lead.join().unwrap();
     }
 
     #[test]
