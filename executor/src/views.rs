@@ -1109,29 +1109,47 @@ mod tests {
         assert!(with_entry(other, "alpha", 2000, line).ends_with(line));
     }
 
-    #[test]
-    fn a_view_names_the_account_of_the_workspace_it_is_lent_to_and_no_other() {
+    /// One finished view (no mounts) with account copies beside it, which its `/etc`
+    /// shows when `bound` (a hard link stands for the bind mount: the same file under both
+    /// names), else other files of the same names.
+    fn view_with_account_copies(bound: bool) -> (tempfile::TempDir, Arc<Views>) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("0");
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::File::create(root.join(MARK)).unwrap();
         std::fs::create_dir(dir.path().join(ACCOUNT_DIR)).unwrap();
-        // A hard link stands for the bind mount: the same file under both names.
         for (host, kind) in ACCOUNTS {
             let copy = account_file(dir.path(), 0, kind);
             std::fs::write(&copy, "").unwrap();
-            std::fs::hard_link(&copy, inside(&root, Path::new(host))).unwrap();
+            let shown = inside(&root, Path::new(host));
+            if bound {
+                std::fs::hard_link(&copy, shown).unwrap();
+            } else {
+                std::fs::write(shown, "").unwrap();
+            }
         }
         let views = Views::open(dir.path()).unwrap().unwrap();
+        (dir, views)
+    }
+
+    /// Workspace `name`'s account, uid and gid `id`, at home in `home`.
+    fn account(name: &'static str, id: u32, home: &'static str) -> Account<'static> {
+        Account {
+            name,
+            uid: id,
+            gid: id,
+            home: Path::new(home),
+        }
+    }
+
+    #[test]
+    fn a_view_names_the_account_of_the_workspace_it_is_lent_to_and_no_other() {
+        let (dir, views) = view_with_account_copies(true);
         let view = &views.all()[0];
+        let root = dir.path().join("0");
         let read = |host: &str| std::fs::read_to_string(inside(&root, Path::new(host))).unwrap();
-        let alpha = Account {
-            name: "alpha",
-            uid: 2_000_000_001,
-            gid: 2_000_000_001,
-            home: Path::new("/w/alpha"),
-        };
-        view.name_account(&alpha).unwrap();
+        view.name_account(&account("alpha", 2_000_000_001, "/w/alpha"))
+            .unwrap();
         let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap();
         let passwd = read("/etc/passwd");
         assert!(passwd.starts_with(&host_passwd), "{passwd}");
@@ -1140,13 +1158,8 @@ mod tests {
             "{passwd}"
         );
         assert!(read("/etc/group").ends_with("alpha:x:2000000001:\n"));
-        let beta = Account {
-            name: "beta",
-            uid: 2_000_000_002,
-            gid: 2_000_000_002,
-            home: Path::new("/w/beta"),
-        };
-        view.name_account(&beta).unwrap();
+        view.name_account(&account("beta", 2_000_000_002, "/w/beta"))
+            .unwrap();
         for host in ["/etc/passwd", "/etc/group"] {
             let content = read(host);
             assert!(content.contains("\nbeta:x:2000000002:"), "{content}");
@@ -1156,25 +1169,12 @@ mod tests {
 
     #[test]
     fn a_view_whose_etc_is_not_its_own_copy_names_nobody() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("0");
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::File::create(root.join(MARK)).unwrap();
-        std::fs::create_dir(dir.path().join(ACCOUNT_DIR)).unwrap();
         // Copies beside the view, but its /etc holds other files (a view made before it
         // had copies, or one whose binding failed).
-        for (host, kind) in ACCOUNTS {
-            std::fs::write(account_file(dir.path(), 0, kind), "").unwrap();
-            std::fs::write(inside(&root, Path::new(host)), "").unwrap();
-        }
-        let views = Views::open(dir.path()).unwrap().unwrap();
-        let account = Account {
-            name: "alpha",
-            uid: 2_000_000_001,
-            gid: 2_000_000_001,
-            home: Path::new("/w/alpha"),
-        };
-        views.all()[0].name_account(&account).unwrap();
+        let (dir, views) = view_with_account_copies(false);
+        views.all()[0]
+            .name_account(&account("alpha", 2_000_000_001, "/w/alpha"))
+            .unwrap();
         for (_, kind) in ACCOUNTS {
             let copy = std::fs::read_to_string(account_file(dir.path(), 0, kind)).unwrap();
             assert_eq!(copy, "", "written though the view does not show it");

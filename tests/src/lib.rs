@@ -366,12 +366,7 @@ impl Client {
     /// be its data's `type`, and the reply must not be cached.
     pub fn stream_sse(&self, endpoint: &str, body: &Value) -> Vec<(Duration, Value)> {
         let (response, start) = self.stream(endpoint, body, "text/event-stream");
-        let cache_control = response
-            .headers()
-            .get("cache-control")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let cache_control = header(&response, "cache-control");
         assert_eq!(
             cache_control, "no-cache",
             "cache-control of an event stream"
@@ -394,12 +389,7 @@ impl Client {
             Some(body.to_string().into_bytes()),
         );
         assert_eq!(response.status().as_u16(), 200, "POST {endpoint}");
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let content_type = content_type(&response);
         assert!(
             content_type.starts_with(accept),
             "content-type {content_type}, asked for {accept}"
@@ -559,12 +549,7 @@ impl Client {
 }
 
 fn content_type(response: &ureq::http::Response<ureq::Body>) -> String {
-    response
-        .headers()
-        .get("content-type")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
+    header(response, "content-type")
 }
 
 /// A `multipart/form-data` body with one file field; returns (content type, body).
@@ -1216,6 +1201,16 @@ pub fn read_ndjson(
         events.push((start.elapsed(), value));
     }
     events
+}
+
+/// The value of `response`'s header `name`, empty when absent or not text.
+fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Server-sent events as they arrive: `event: <name>`, one `data: <json>` line, a blank

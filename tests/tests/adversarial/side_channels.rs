@@ -170,23 +170,30 @@ except OSError:
     assert_serving(nox);
 }
 
-#[test]
-fn a_views_dev_shm_and_tmp_are_emptied_before_another_workspace_gets_the_view() {
-    // One job slot, so one view: alpha's, then beta's, then alpha's again.
+/// A nox with one job slot, so one view, and two tokens, alpha's and beta's: the view
+/// goes from one workspace to the other. `None` (the test skipped) without views.
+fn one_view_two_tenants(test: &str) -> Option<Nox> {
     let alpha_token = format!("alpha-{}", random_hex(16));
     let beta_token = format!("beta-{}", random_hex(16));
     let nox = Nox::builder()
         .executor_toml("max_concurrent_jobs = 1")
         .tokens(&[("alpha", &alpha_token), ("beta", &beta_token)])
         .start();
-    let views = nox.layer_active("views");
-    if !views {
-        skip(
-            "a_views_dev_shm_and_tmp_are_emptied_before_another_workspace_gets_the_view",
-            "no views here (they need root and namespaces)",
-        );
-        return;
+    if !nox.layer_active("views") {
+        skip(test, "no views here (they need root and namespaces)");
+        return None;
     }
+    Some(nox)
+}
+
+#[test]
+fn a_views_dev_shm_and_tmp_are_emptied_before_another_workspace_gets_the_view() {
+    // alpha, alpha again, then beta, on the one view.
+    let Some(nox) = one_view_two_tenants(
+        "a_views_dev_shm_and_tmp_are_emptied_before_another_workspace_gets_the_view",
+    ) else {
+        return;
+    };
     let secret = unique("ALPHA-SHM");
     let leave = format!(
         "from multiprocessing import shared_memory\nopen('/dev/shm/left', 'w').write('{secret}')\nm = shared_memory.SharedMemory(name='kept', create=True, size=4096)\nm.buf[:4] = b'ALFA'\nm.close()\nimport os\nos.makedirs('/tmp/sub/deeper')\nopen('/tmp/sub/deeper/left', 'w').write('{secret}')\nos.symlink('/etc/hostname', '/tmp/link')\nprint(sorted(os.listdir('/dev/shm')), sorted(os.listdir('/tmp')))\n"
@@ -248,20 +255,11 @@ fn a_state_directory_beneath_tmp_leaves_views_without_a_tmp_of_their_own() {
 
 #[test]
 fn a_views_passwd_names_only_the_workspace_it_is_lent_to() {
-    // One job slot, so one view: alpha's, then beta's, then alpha's again.
-    let alpha_token = format!("alpha-{}", random_hex(16));
-    let beta_token = format!("beta-{}", random_hex(16));
-    let nox = Nox::builder()
-        .executor_toml("max_concurrent_jobs = 1")
-        .tokens(&[("alpha", &alpha_token), ("beta", &beta_token)])
-        .start();
-    if !nox.layer_active("views") {
-        skip(
-            "a_views_passwd_names_only_the_workspace_it_is_lent_to",
-            "no views here (they need root and namespaces)",
-        );
+    // alpha, beta, then alpha again, on the one view.
+    let Some(nox) = one_view_two_tenants("a_views_passwd_names_only_the_workspace_it_is_lent_to")
+    else {
         return;
-    }
+    };
     let look = "import os\nnames = lambda f: [l.split(':')[0] for l in open(f)]\nprint(sorted({'alpha', 'beta'} & (set(names('/etc/passwd')) | set(names('/etc/group')))), os.getuid())\nfor f in ('/etc/passwd', '/etc/group'):\n    try:\n        open(f, 'a').write('mallory:x:0:0::/:/bin/sh\\n')\n        print('wrote', f)\n    except OSError as e:\n        print('refused', f, e.errno)\n";
     let mut uids = Vec::new();
     for workspace in ["alpha", "beta", "alpha"] {

@@ -4,7 +4,27 @@
 use std::time::Duration;
 
 use nox_e2e::{Nox, stdout_arrival};
-use serde_json::json;
+use serde_json::{Value, json};
+
+/// `started` first, `finished` last, and the stdout lines `first` and `second` (printed
+/// 1.5 s apart) at least a second apart; the `finished` event.
+fn assert_streamed(events: &[(Duration, Value)]) -> &Value {
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|(_, event)| event["type"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"started"), "{events:?}");
+    assert_eq!(kinds.last(), Some(&"finished"), "{events:?}");
+    let first = stdout_arrival(events, "first");
+    let second = stdout_arrival(events, "second");
+    assert!(
+        second.saturating_sub(first) >= Duration::from_millis(1000),
+        "the first line arrived at {first:?}, the second at {second:?}: not streamed"
+    );
+    let (finished_at, finished) = events.last().expect("events");
+    assert!(*finished_at >= second, "{events:?}");
+    finished
+}
 
 #[test]
 fn ndjson_output_arrives_in_pieces_while_the_job_runs() {
@@ -14,20 +34,7 @@ fn ndjson_output_arrives_in_pieces_while_the_job_runs() {
     let events = nox
         .client()
         .stream_ndjson("/run_py", &json!({ "code": code }));
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|(_, event)| event["type"].as_str().unwrap_or("?"))
-        .collect();
-    assert_eq!(kinds.first(), Some(&"started"), "{events:?}");
-    assert_eq!(kinds.last(), Some(&"finished"), "{events:?}");
-    let first = stdout_arrival(&events, "first");
-    let second = stdout_arrival(&events, "second");
-    let (finished_at, finished) = events.last().expect("events");
-    assert!(
-        second.saturating_sub(first) >= Duration::from_millis(1000),
-        "the first line arrived at {first:?}, the second at {second:?}: not streamed"
-    );
-    assert!(*finished_at >= second, "{events:?}");
+    let finished = assert_streamed(&events);
     assert_eq!(finished["returncode"], 0, "{finished}");
     assert_eq!(finished["timed_out"], false, "{finished}");
 }
@@ -58,23 +65,11 @@ fn server_sent_events_carry_each_line_as_the_job_prints_it() {
     let nox = Nox::shared();
     let code = "import sys, time\nprint('first', flush=True)\nprint('warn', file=sys.stderr, flush=True)\ntime.sleep(1.5)\nprint('second', flush=True)\nsys.exit(3)\n";
     let events = nox.client().stream_sse("/run_py", &json!({ "code": code }));
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|(_, event)| event["type"].as_str().unwrap_or("?"))
-        .collect();
-    assert_eq!(kinds.first(), Some(&"started"), "{events:?}");
-    assert_eq!(kinds.last(), Some(&"finished"), "{events:?}");
-    let first = stdout_arrival(&events, "first");
-    let second = stdout_arrival(&events, "second");
-    assert!(
-        second.saturating_sub(first) >= Duration::from_millis(1000),
-        "the first line arrived at {first:?}, the second at {second:?}: not streamed"
-    );
+    let finished = assert_streamed(&events);
     let warned = events
         .iter()
         .any(|(_, event)| event["type"] == "stderr" && event["data"] == "warn\n");
     assert!(warned, "{events:?}");
-    let (_, finished) = events.last().expect("events");
     assert_eq!(finished["returncode"], 3, "{finished}");
     assert_eq!(finished["timed_out"], false, "{finished}");
 }
