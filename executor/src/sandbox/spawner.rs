@@ -323,6 +323,11 @@ impl Group {
                 .raw_os_error()
                 .unwrap_or(libc::EPERM)
         };
+        self.tell(answer);
+    }
+
+    /// Give the child the executor's `answer` and wake it.
+    fn tell(&self, answer: i32) {
         self.state.store(answer, Ordering::Release);
         // SAFETY: FUTEX_WAKE on an aligned i32 of ours, waking at most one waiter.
         unsafe {
@@ -506,16 +511,7 @@ mod tests {
         let leader = std::sync::Arc::clone(&group);
         let lead = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(250));
-            leader.state.store(GROUP_LED, Ordering::Release);
-            // SAFETY: FUTEX_WAKE on an aligned i32 of ours.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    leader.state.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    1,
-                );
-            }
+            leader.tell(GROUP_LED);
         });
         // SAFETY: as above.
         assert_eq!(unsafe { group.wait() }, Ok(()));
