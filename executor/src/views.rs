@@ -391,7 +391,8 @@ fn build_one(
     covered.push(sys.to_path_buf());
     devices(root)?;
     proc(root)?;
-    // Not where something is bound beneath: jobs may write everything beneath an own tmpfs.
+    // Only where nothing is bound beneath: Landlock lets jobs write everything beneath an
+    // own tmpfs, which would include a state directory bound there (development).
     let bound: Vec<PathBuf> = contents
         .writable
         .iter()

@@ -174,15 +174,13 @@ impl LandlockPolicy {
         };
         let access = AccessFs::from_read(self.abi) | AccessFs::from_write(self.abi);
         for own in view.own_tmpfs() {
+            let rights = if own.exec {
+                access
+            } else {
+                access & !AccessFs::Execute
+            };
             if let Ok(dir) = view.open(Path::new(own.path), nix::fcntl::OFlag::O_PATH) {
-                rules.push((
-                    dir,
-                    if own.exec {
-                        access
-                    } else {
-                        access & !AccessFs::Execute
-                    },
-                ));
+                rules.push((dir, rights));
             }
         }
         rules
