@@ -236,6 +236,8 @@ fn account_file(dir: &Path, index: usize, kind: &str) -> PathBuf {
 }
 
 /// A fresh tmpfs for the account copies (one made before goes, lazily, with its views).
+/// Not capped: only the executor writes there (jobs see the copies read-only and never
+/// the directory), two copies of the host's files per view, whatever their size.
 fn account_dir(dir: &Path) -> Result<(), ViewError> {
     let accounts = dir.join(ACCOUNT_DIR);
     let _ = umount2(&accounts, MntFlags::MNT_DETACH);
@@ -245,7 +247,7 @@ fn account_dir(dir: &Path) -> Result<(), ViewError> {
         &accounts,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=0755,size=8m"),
+        Some("mode=0755"),
     )
     .map_err(step(format!("mount a tmpfs on {}", accounts.display())))?;
     mount(
