@@ -393,19 +393,24 @@ fn build_one(
     covered.push(sys.to_path_buf());
     devices(root)?;
     proc(root)?;
+    // The readable paths as bound (those that exist), resolved once.
+    let readable: Vec<PathBuf> = contents
+        .readable
+        .iter()
+        .filter_map(|path| path.canonicalize().ok())
+        .collect();
     // Only where nothing is bound beneath: Landlock lets jobs write everything beneath an
     // own tmpfs, which would include a state directory bound there (development).
-    let bound: Vec<PathBuf> = contents
-        .writable
-        .iter()
-        .chain(contents.readable)
-        .map(|path| path.canonicalize().unwrap_or_else(|_| path.clone()))
-        .collect();
     for own in OWN_TMPFS
         .iter()
         .filter(|own| !own.path.starts_with("/dev/"))
     {
-        if bound.iter().any(|path| path.starts_with(own.path)) {
+        if contents
+            .writable
+            .iter()
+            .chain(&readable)
+            .any(|path| path.starts_with(own.path))
+        {
             tracing::info!(
                 path = own.path,
                 "a view has no tmpfs of its own there: the state directory or a readable path is beneath it"
@@ -414,10 +419,7 @@ fn build_one(
         }
         own_tmpfs(root, own)?;
     }
-    for path in contents.readable {
-        let Ok(real) = path.canonicalize() else {
-            continue;
-        };
+    for real in readable {
         if !covered.iter().any(|done| real.starts_with(done)) {
             bind(root, &real, true, true)?;
             covered.push(real);
