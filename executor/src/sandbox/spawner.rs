@@ -285,9 +285,10 @@ pub struct Group {
 }
 
 impl Default for Group {
-    /// For a child of this process.
+    /// For a child of this process (its pid read once, not for every job).
     fn default() -> Group {
-        Group::for_child_of(std::process::id())
+        static THIS_PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        Group::for_child_of(*THIS_PROCESS.get_or_init(std::process::id))
     }
 }
 
